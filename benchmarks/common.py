@@ -1,0 +1,252 @@
+"""Flags shared by the benchmark binaries, grouped by concern, and the ``run`` entry point.
+
+A binary defines the groups it needs, builds its frozen configs with the getters, and starts
+with ``common.run(main)``::
+
+    common.define_model_data_flags()
+    common.define_training_flags()
+    common.define_distribution_flags()
+    common.define_output_flags()
+    ...
+    if __name__ == "__main__":
+        common.run(main)
+
+Flag checks live in validators registered next to the flags (so a bad value fails at
+parse time, naming the flag); ``run`` turns flag errors and the library's ``ValueError``s
+(``DataError``, ``TrainError``, ...) into ONE line on stderr and a non-zero exit status,
+without a traceback (pass ``--verbosity=1`` to see the traceback of a library error).
+``--cpu_devices`` splits the CPU right after parsing, before TensorFlow initialises devices.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import tensorflow as tf
+from absl import app, flags, logging
+
+from lbgap_tf import data, distribute, models, train
+
+FLAGS = flags.FLAGS
+
+EXIT_FLAG_ERROR = 2
+EXIT_RUN_ERROR = 1
+
+
+def _validate(name: str, check, message: str) -> None:
+    """Registers a validator that passes None (flag unset) and otherwise needs ``check``."""
+    flags.register_validator(name, lambda value: value is None or check(value), message=message)
+
+
+def define_model_data_flags() -> None:
+    """--model, --dataset, --data_dir, --tfds_data_dir and the synthetic task's size."""
+    flags.DEFINE_enum("model", "F1", models.MODEL_NAMES, "Network of the paper's Table 1.")
+    flags.DEFINE_enum(
+        "dataset", None, data.DATASET_NAMES,
+        "Data set. Default: the model's paper dataset (F1: mnist, F2: timit, C1/C2: cifar10, "
+        "C3/C4: cifar100). 'synthetic' is a tiny learnable task for smoke runs.")
+    flags.DEFINE_string("data_dir", None, "Folder with local copies of the data files "
+                        "(see BUILD.md, 'Preparing data').")
+    flags.DEFINE_string("tfds_data_dir", None, "TensorFlow Datasets data folder.")
+    flags.DEFINE_integer("synthetic_train_examples", 1024,
+                         "--dataset=synthetic: training examples.")
+    flags.DEFINE_integer("synthetic_test_examples", 256, "--dataset=synthetic: test examples.")
+    flags.DEFINE_float("synthetic_noise", 1.0,
+                       "--dataset=synthetic: noise around the class means (higher is harder).")
+    for name in ("synthetic_train_examples", "synthetic_test_examples"):
+        _validate(name, lambda v: v >= 1, f"--{name} must be at least 1")
+    _validate("synthetic_noise", lambda v: v >= 0, "--synthetic_noise must be >= 0")
+
+
+def define_training_flags() -> None:
+    """Regime, GLOBAL batch size, stopping rule, optimizer, BN and evaluation settings."""
+    flags.DEFINE_enum("regime", "SB", train.REGIMES,
+                      "SB (small batch, 256) or LB (large batch, --lb_fraction of the "
+                      "training set); the row's regime label.")
+    flags.DEFINE_integer(
+        "batch_size", None,
+        "GLOBAL batch size: the examples of one step summed over ALL replicas and workers "
+        "(each of N replicas takes batch_size/N). Default: 256 for --regime=SB, "
+        "--lb_fraction of the training set for --regime=LB.")
+    flags.DEFINE_float("lb_fraction", train.PAPER_LB_FRACTION,
+                       "LB batch as a fraction of the training set (the paper's 0.1).")
+    flags.DEFINE_integer("epochs", 20, "Epochs to train; the cap under plateau stopping.")
+    flags.DEFINE_integer(
+        "plateau_patience", 0,
+        "0: train exactly --epochs. k > 0: stop when the epoch's training loss failed k "
+        "consecutive epochs to improve on the best so far by more than --plateau_tol "
+        "(relative), the paper's 'until the loss ceased to improve'.")
+    flags.DEFINE_float("plateau_tol", 1e-3, "Relative improvement that counts as progress.")
+    flags.DEFINE_enum("optimizer", "adam", train.OPTIMIZERS,
+                      "adam (the paper's, beta_1 0.9, beta_2 0.999), sgd (with --momentum) or "
+                      "adagrad.")
+    flags.DEFINE_float("learning_rate", 1e-3, "Learning rate.")
+    flags.DEFINE_float("momentum", 0.9, "SGD momentum.")
+    flags.DEFINE_enum("bn_mode", "moving", models.BN_MODES,
+                      "BN at inference: 'moving' averages (standard Keras) or 'batch' "
+                      "statistics (the authors' Keras 1 mode=2).")
+    flags.DEFINE_bool("bn_sync", True,
+                      "Synchronise BN statistics across replicas (the global batch's); "
+                      "--nobn_sync gives per-replica (ghost batch) statistics.")
+    flags.DEFINE_string("x0", None, "Initial weights: an x0.npz of an earlier run "
+                        "(<output_dir>/runs/<run_id>/x0.npz). Default: drawn from --seed.")
+    flags.DEFINE_bool("eval_every_epoch", False,
+                      "Evaluate on the full training and test sets after every epoch.")
+    flags.DEFINE_integer("eval_batch_size", 5000,
+                         "GLOBAL evaluation batch size (matters with --bn_mode=batch; the "
+                         "authors used 5000).")
+    flags.DEFINE_integer("steps_per_call", 100,
+                         "Training steps per compiled call (fewer Python round trips).")
+    flags.DEFINE_bool("deterministic", True,
+                      "TensorFlow op determinism: reproducible runs and exact resumes.")
+    _validate("batch_size", lambda v: v >= 1,
+              "--batch_size must be a positive integer (the GLOBAL batch size)")
+    _validate("lb_fraction", lambda v: 0 < v <= 1,
+              "--lb_fraction must be in (0, 1]; the paper's LB is 0.1")
+    _validate("epochs", lambda v: v >= 1, "--epochs must be a positive integer")
+    _validate("plateau_patience", lambda v: v >= 0,
+              "--plateau_patience must be >= 0 (0 trains exactly --epochs)")
+    _validate("plateau_tol", lambda v: v >= 0, "--plateau_tol must be >= 0")
+    _validate("learning_rate", lambda v: v > 0, "--learning_rate must be positive")
+    _validate("momentum", lambda v: 0 <= v < 1, "--momentum must be in [0, 1)")
+    _validate("eval_batch_size", lambda v: v >= 1, "--eval_batch_size must be positive")
+    _validate("steps_per_call", lambda v: v >= 1, "--steps_per_call must be positive")
+
+
+def define_distribution_flags() -> None:
+    """--strategy, --cpu_devices, --tpu_address, --precision, --jit_compile."""
+    flags.DEFINE_enum(
+        "strategy", "default", distribute.STRATEGIES,
+        "tf.distribute strategy: default (one device), one_device, mirrored (all GPUs, else "
+        "all logical CPUs, see --cpu_devices), multi_worker_mirrored (cluster from TF_CONFIG), "
+        "tpu (see --tpu_address).")
+    flags.DEFINE_integer("cpu_devices", None,
+                         "Split the CPU into this many logical devices (replicas of "
+                         "--strategy=mirrored on a machine without GPUs).")
+    flags.DEFINE_string("tpu_address", None, "TPU name or grpc://host:port ('local' on a TPU "
+                        "VM); only with --strategy=tpu.")
+    flags.DEFINE_enum("precision", "float32", train.PRECISIONS, "Keras dtype policy.")
+    flags.DEFINE_bool("jit_compile", False, "XLA-compile the training steps (one replica).")
+    _validate("cpu_devices", lambda v: v >= 1, "--cpu_devices must be at least 1")
+    flags.register_multi_flags_validator(
+        ["strategy", "cpu_devices"],
+        lambda f: f["cpu_devices"] in (None, 1) or f["strategy"] == "mirrored",
+        message="--cpu_devices > 1 makes replicas only for --strategy=mirrored: add "
+                "--strategy=mirrored or drop --cpu_devices")
+    flags.register_multi_flags_validator(
+        ["strategy", "tpu_address"],
+        lambda f: f["tpu_address"] is None or f["strategy"] == "tpu",
+        message="--tpu_address needs --strategy=tpu")
+
+
+def define_output_flags() -> None:
+    """--output_dir, --seed, --quiet."""
+    flags.DEFINE_string("output_dir", "results/",
+                        "Receives the result CSVs and the run directories.")
+    flags.DEFINE_integer("seed", 0, "Seed of initial weights, data order and dropout.")
+    flags.DEFINE_bool("quiet", False, "Log warnings and errors only (for CI).")
+    _validate("seed", lambda v: v >= 0, "--seed must be >= 0")
+    flags.register_validator("output_dir", bool, message="--output_dir must not be empty")
+
+
+# --- getters ---------------------------------------------------------------------------------
+
+def synthetic_spec() -> data.SyntheticSpec | None:
+    """The synthetic task of the flags (None unless --dataset=synthetic).
+
+    Its examples take the model's paper input shape and class count, so a synthetic run
+    exercises the real architecture.
+    """
+    if FLAGS.dataset != "synthetic":
+        return None
+    model_spec = models.spec(FLAGS.model)
+    return data.SyntheticSpec(
+        num_train=FLAGS.synthetic_train_examples, num_test=FLAGS.synthetic_test_examples,
+        input_shape=model_spec.input_shape, num_classes=model_spec.num_classes,
+        seed=FLAGS.seed, noise=FLAGS.synthetic_noise)
+
+
+def train_config(**overrides) -> train.TrainConfig:
+    """The ``TrainConfig`` of the model/data, training, distribution and output flags."""
+    values = dict(
+        model=FLAGS.model, dataset=FLAGS.dataset, regime=FLAGS.regime,
+        batch_size=FLAGS.batch_size, lb_fraction=FLAGS.lb_fraction, epochs=FLAGS.epochs,
+        plateau_patience=FLAGS.plateau_patience, plateau_tol=FLAGS.plateau_tol,
+        optimizer=FLAGS.optimizer, learning_rate=FLAGS.learning_rate, momentum=FLAGS.momentum,
+        bn_mode=FLAGS.bn_mode, bn_sync=FLAGS.bn_sync, precision=FLAGS.precision,
+        jit_compile=FLAGS.jit_compile, seed=FLAGS.seed, deterministic=FLAGS.deterministic,
+        eval_every_epoch=FLAGS.eval_every_epoch, eval_batch_size=FLAGS.eval_batch_size,
+        steps_per_call=FLAGS.steps_per_call, x0_path=FLAGS.x0, synthetic=synthetic_spec())
+    values.update(overrides)
+    return train.TrainConfig(**values)
+
+
+def strategy():
+    """The tf.distribute strategy of the distribution flags."""
+    return distribute.get_strategy(FLAGS.strategy, cpu_devices=FLAGS.cpu_devices,
+                                   tpu_address=FLAGS.tpu_address)
+
+
+def data_dirs() -> dict:
+    """``data_dir`` and ``tfds_data_dir`` keyword arguments for the data loaders."""
+    return {"data_dir": FLAGS.data_dir, "tfds_data_dir": FLAGS.tfds_data_dir}
+
+
+def nondefault_flags() -> str:
+    """The flags (of these groups and the binary's own) that differ from their defaults,
+    as compact JSON sorted by name, e.g. ``{"batch_size":6000,"regime":"LB"}``."""
+    changed = {}
+    for module, module_flags in FLAGS.flags_by_module_dict().items():
+        if module.startswith("absl"):
+            continue
+        for flag in module_flags:
+            if flag.value != flag.default:
+                changed[flag.name] = flag.value
+    return json.dumps(changed, sort_keys=True, separators=(",", ":"), default=str)
+
+
+# --- entry point -----------------------------------------------------------------------------
+
+def _fail(message: str, status: int) -> None:
+    program = os.path.basename(sys.argv[0]) if sys.argv else "benchmark"
+    one_line = " ".join(str(message).split())
+    sys.stderr.write(f"{program}: error: {one_line}\n")
+    sys.stderr.flush()
+    sys.exit(status)
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+    try:
+        remaining = FLAGS(argv)
+    except flags.Error as error:
+        _fail(f"{error} (see --helpfull)", EXIT_FLAG_ERROR)
+    if len(remaining) > 1:
+        _fail(f"unexpected arguments {remaining[1:]}: pass every setting as --name=value",
+              EXIT_FLAG_ERROR)
+    if "cpu_devices" in FLAGS and FLAGS.cpu_devices is not None:
+        try:
+            distribute.split_cpu(FLAGS.cpu_devices)
+        except ValueError as error:
+            _fail(error, EXIT_FLAG_ERROR)
+    if "quiet" in FLAGS and FLAGS.quiet:
+        logging.set_verbosity(logging.WARNING)
+    if not logging.level_debug():
+        tf.get_logger().setLevel("WARNING")  # TF's per-call strategy chatter.
+    return remaining
+
+
+def run(main) -> None:
+    """``absl.app.run(main)`` with one-line errors: a bad flag exits 2, a library
+    ``ValueError`` exits 1; neither prints a traceback or writes results."""
+
+    def guarded(argv):
+        try:
+            return main(argv)
+        except ValueError as error:
+            if logging.level_debug():
+                raise
+            _fail(error, EXIT_RUN_ERROR)
+
+    app.run(guarded, flags_parser=_parse_flags)
