@@ -1,0 +1,261 @@
+"""The six networks of Keskar et al. (ICLR 2017), Table 1, as uncompiled Keras models.
+
+Every model maps a batch of inputs to float32 LOGITS (the loss is softmax cross-entropy from
+logits), so the same model serves training, evaluation and the sharpness metric. Shapes:
+
+- F1, F2 take flat vectors ``[batch, features]`` (784 for MNIST, 360 for TIMIT frames);
+- C1-C4 take images ``[batch, height, width, channels]`` (32x32x3 for CIFAR).
+
+Batch normalisation comes in two modes (``BN_MODES``):
+
+- ``"moving"``: standard Keras BN, batch statistics in training and moving averages at
+  inference;
+- ``"batch"``: the authors' Keras 1 ``mode=2``: batch statistics in training AND at inference,
+  so ``model(x, training=False)`` depends on the other examples of the batch, and inference
+  never reads or updates the moving statistics. Evaluation batch size is then part of the
+  result.
+
+BN layers are synchronised across tf.distribute replicas by default, so a global batch split
+over N replicas normalises with the statistics of the whole global batch, exactly as on one
+device.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import keras
+from keras import layers, ops
+
+MODEL_NAMES = ("F1", "F2", "C1", "C2", "C3", "C4")
+BN_MODES = ("moving", "batch")
+
+# Keras-default BN hyper-parameters (PAPER.md: "All BN: Keras defaults").
+_BN_EPSILON = 1e-3
+_BN_MOMENTUM = 0.99
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    """Paper facts about one network: its dataset, input shape, classes and size.
+
+    ``paper_params`` counts trainable weights (kernels, biases, BN gamma and beta) as in
+    Table 1 of the paper; BN moving statistics are not trainable and not counted.
+    """
+
+    name: str
+    dataset: str
+    input_shape: tuple[int, ...]
+    num_classes: int
+    flat_input: bool
+    paper_params: int
+    description: str
+
+
+_SPECS = {
+    "F1": ModelSpec("F1", "mnist", (784,), 10, True, 1_462_794,
+                    "5 x [Dense 512, BN, ReLU] -> Dense 10"),
+    "F2": ModelSpec("F2", "timit", (360,), 1973, True, 2_780_085,
+                    "7 x [Dense 512, BN, ReLU] -> Dense 1973"),
+    "C1": ModelSpec("C1", "cifar10", (32, 32, 3), 10, False, 1_757_834,
+                    "shallow conv net (AlexNet-like), 2 conv + 3 dense layers"),
+    "C2": ModelSpec("C2", "cifar10", (32, 32, 3), 10, False, 14_991_946,
+                    "VGG-16 style conv net with BN and dropout"),
+    "C3": ModelSpec("C3", "cifar100", (32, 32, 3), 100, False, 1_775_204,
+                    "as C1 with 100 classes"),
+    "C4": ModelSpec("C4", "cifar100", (32, 32, 3), 100, False, 15_038_116,
+                    "as C2 with 100 classes"),
+}
+
+
+def spec(name: str) -> ModelSpec:
+    """Returns the paper facts of network ``name``; raises ValueError for unknown names."""
+    _check_name(name)
+    return _SPECS[name]
+
+
+def _check_name(name: str) -> None:
+    if name not in _SPECS:
+        raise ValueError(
+            f"unknown model {name!r}: choose one of {', '.join(MODEL_NAMES)}"
+        )
+
+
+@keras.saving.register_keras_serializable(package="lbgap_tf")
+class BatchStatisticsNormalization(layers.BatchNormalization):
+    """BatchNormalization that uses the current batch's statistics at inference too.
+
+    Reproduces Keras 1 ``BatchNormalization(mode=2)``, which the paper's authors used. In
+    training (``training=True``) it is standard Keras BN, moving statistics updated as usual
+    (they are kept so that a model can be switched to ``"moving"`` mode later). At inference
+    it normalises each batch with that batch's own mean and variance (synchronised across
+    replicas when ``synchronized=True``) and never touches the moving statistics.
+    """
+
+    def call(self, inputs, training=None, mask=None):
+        if training:
+            return super().call(inputs, training=True, mask=mask)
+        inputs = ops.cast(inputs, keras.backend.result_type(inputs.dtype, "float32"))
+        mean, variance = self._moments(inputs, mask)
+        outputs = ops.batch_normalization(
+            x=inputs,
+            mean=mean,
+            variance=variance,
+            axis=self.axis,
+            offset=ops.cast(self.beta, inputs.dtype) if self.center else None,
+            scale=ops.cast(self.gamma, inputs.dtype) if self.scale else None,
+            epsilon=self.epsilon,
+        )
+        return ops.cast(outputs, self.compute_dtype)
+
+
+class _Builder:
+    """Creates the layers of one model with a shared BN configuration."""
+
+    def __init__(self, bn_mode: str, bn_synchronized: bool):
+        if bn_mode not in BN_MODES:
+            raise ValueError(
+                f"unknown bn_mode {bn_mode!r}: choose one of {', '.join(BN_MODES)}"
+            )
+        self._bn_class = (
+            BatchStatisticsNormalization if bn_mode == "batch" else layers.BatchNormalization
+        )
+        self._bn_synchronized = bn_synchronized
+
+    def bn(self):
+        return self._bn_class(
+            epsilon=_BN_EPSILON, momentum=_BN_MOMENTUM, synchronized=self._bn_synchronized
+        )
+
+    def dense_bn_relu(self, x, units):
+        x = layers.Dense(units)(x)
+        x = self.bn()(x)
+        return layers.ReLU()(x)
+
+    def conv_bn_relu(self, x, filters, kernel_size):
+        x = layers.Conv2D(filters, kernel_size, padding="same")(x)
+        x = self.bn()(x)
+        return layers.ReLU()(x)
+
+
+def _logits(x, num_classes):
+    """Final Dense layer; the output is cast to float32 for mixed-precision policies."""
+    x = layers.Dense(num_classes, name="logits")(x)
+    return layers.Activation("linear", dtype="float32", name="logits_float32")(x)
+
+
+def _fully_connected(b: _Builder, inputs, num_classes, hidden_layers):
+    x = inputs
+    for _ in range(hidden_layers):
+        x = b.dense_bn_relu(x, 512)
+    return _logits(x, num_classes)
+
+
+def _shallow_conv(b: _Builder, inputs, num_classes):
+    """C1 / C3: two 5x5 conv blocks with overlapping max pooling, then 384-192 dense."""
+    x = inputs
+    for _ in range(2):
+        x = b.conv_bn_relu(x, 64, 5)
+        x = layers.MaxPooling2D(pool_size=3, strides=2, padding="same")(x)
+    x = layers.Flatten()(x)
+    for units in (384, 192):
+        x = b.dense_bn_relu(x, units)
+        x = layers.Dropout(0.5)(x)
+    return _logits(x, num_classes)
+
+
+_VGG_BLOCKS = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512))
+
+
+def _vgg(b: _Builder, inputs, num_classes):
+    """C2 / C4: VGG-16 with BN; dropout 0.3 after the very first conv, 0.4 after every
+    other conv that is not the last of its block; 2x2 max pooling after each block."""
+    x = inputs
+    for block_index, block in enumerate(_VGG_BLOCKS):
+        for conv_index, filters in enumerate(block):
+            x = b.conv_bn_relu(x, filters, 3)
+            if conv_index < len(block) - 1:
+                x = layers.Dropout(0.3 if block_index == conv_index == 0 else 0.4)(x)
+        x = layers.MaxPooling2D(pool_size=2, strides=2, padding="same")(x)
+    x = layers.Flatten()(x)
+    x = layers.Dropout(0.5)(x)
+    x = b.dense_bn_relu(x, 512)
+    x = layers.Dropout(0.5)(x)
+    return _logits(x, num_classes)
+
+
+def build(
+    name: str,
+    *,
+    input_shape: tuple[int, ...] | None = None,
+    num_classes: int | None = None,
+    bn_mode: str = "moving",
+    bn_synchronized: bool = True,
+) -> keras.Model:
+    """Builds network ``name`` (one of ``MODEL_NAMES``) as an uncompiled Keras model.
+
+    Args:
+      name: "F1", "F2", "C1", "C2", "C3" or "C4".
+      input_shape: per-example input shape without the batch axis. Defaults to the paper's
+        (784,), (360,) or (32, 32, 3). F-nets need a flat shape ``(d,)``; C-nets an image
+        shape ``(height, width, channels)``, e.g. (28, 28, 1) to run on MNIST.
+      num_classes: number of output logits; defaults to the paper's class count.
+      bn_mode: "moving" (standard Keras BN) or "batch" (batch statistics at inference too,
+        as the authors' Keras 1 ``mode=2``).
+      bn_synchronized: synchronise BN batch statistics across tf.distribute replicas, so the
+        statistics are those of the GLOBAL batch whatever the replica count.
+
+    Returns:
+      A ``keras.Model`` named ``name`` mapping ``[batch, *input_shape]`` to float32 logits
+      ``[batch, num_classes]``. Weights are initialised with Keras defaults from Keras' global
+      seed (``keras.utils.set_random_seed``).
+    """
+    model_spec = spec(name)
+    input_shape = tuple(input_shape) if input_shape is not None else model_spec.input_shape
+    num_classes = model_spec.num_classes if num_classes is None else num_classes
+    if num_classes < 2:
+        raise ValueError(f"num_classes must be at least 2, got {num_classes}")
+    if model_spec.flat_input and len(input_shape) != 1:
+        raise ValueError(
+            f"{name} is fully connected and takes flat inputs (d,), got {input_shape}: "
+            "flatten the data (data.load_split(..., flatten=True))"
+        )
+    if not model_spec.flat_input and len(input_shape) != 3:
+        raise ValueError(
+            f"{name} is convolutional and takes images (height, width, channels), got "
+            f"{input_shape}: load the data unflattened"
+        )
+    if any(dim < 1 for dim in input_shape):
+        raise ValueError(f"input_shape must be positive, got {input_shape}")
+
+    builder = _Builder(bn_mode, bn_synchronized)
+    inputs = keras.Input(shape=input_shape, name="inputs")
+    if name == "F1":
+        outputs = _fully_connected(builder, inputs, num_classes, hidden_layers=5)
+    elif name == "F2":
+        outputs = _fully_connected(builder, inputs, num_classes, hidden_layers=7)
+    elif name in ("C1", "C3"):
+        outputs = _shallow_conv(builder, inputs, num_classes)
+    else:
+        outputs = _vgg(builder, inputs, num_classes)
+    return keras.Model(inputs, outputs, name=name)
+
+
+def bn_mode_of(model: keras.Model) -> str | None:
+    """Returns "batch" or "moving" for a model built here, None if it has no BN layer."""
+    kinds = {
+        "batch" if isinstance(layer, BatchStatisticsNormalization) else "moving"
+        for layer in model.layers
+        if isinstance(layer, layers.BatchNormalization)
+    }
+    if not kinds:
+        return None
+    if len(kinds) > 1:
+        raise ValueError(f"model {model.name} mixes BN modes {sorted(kinds)}")
+    return kinds.pop()
+
+
+def count_trainable(model: keras.Model) -> int:
+    """Number of trainable scalars (what Table 1 of the paper counts)."""
+    return sum(math.prod(w.shape) for w in model.trainable_weights)
