@@ -96,6 +96,16 @@ class _Catalog:
 
 
 _MANUAL = "see BUILD.md, 'Preparing data'"
+
+
+def _tfds_fix(name: str) -> str:
+    return (
+        f"or prepare it with TFDS where there is internet (tfds.builder('{name}', "
+        "data_dir=DIR).download_and_prepare()), copy DIR here and pass it as tfds_data_dir (or "
+        f"set TFDS_DATA_DIR); {_MANUAL}"
+    )
+
+
 _CATALOG = {
     "mnist": _Catalog(
         10,
@@ -103,8 +113,7 @@ _CATALOG = {
         ("local", "tfds"),
         "put the four MNIST IDX files (train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, "
         "t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz) in DATA_DIR/mnist/ and pass "
-        "data_dir=DATA_DIR, or run `tfds build mnist --data_dir=DIR` where there is internet, "
-        f"copy DIR here and pass it as tfds_data_dir (or set TFDS_DATA_DIR); {_MANUAL}",
+        f"data_dir=DATA_DIR, {_tfds_fix('mnist')}",
     ),
     "fashion_mnist": _Catalog(
         10,
@@ -112,24 +121,21 @@ _CATALOG = {
         ("local", "debian", "tfds"),
         "install Debian's package (`apt-get install dataset-fashion-mnist`), or put the four "
         "Fashion-MNIST IDX files (train-images-idx3-ubyte.gz, ...) in DATA_DIR/fashion_mnist/ "
-        "and pass data_dir=DATA_DIR, or run `tfds build fashion_mnist --data_dir=DIR` where "
-        f"there is internet, copy DIR here and pass it as tfds_data_dir; {_MANUAL}",
+        f"and pass data_dir=DATA_DIR, {_tfds_fix('fashion_mnist')}",
     ),
     "cifar10": _Catalog(
         10,
         (32, 32, 3),
         ("local", "tfds"),
         "extract the CIFAR-10 python archive (cifar-10-python.tar.gz) into DATA_DIR, giving "
-        "DATA_DIR/cifar-10-batches-py/, and pass data_dir=DATA_DIR, or run `tfds build cifar10 "
-        f"--data_dir=DIR` where there is internet and pass DIR as tfds_data_dir; {_MANUAL}",
+        f"DATA_DIR/cifar-10-batches-py/, and pass data_dir=DATA_DIR, {_tfds_fix('cifar10')}",
     ),
     "cifar100": _Catalog(
         100,
         (32, 32, 3),
         ("local", "tfds"),
         "extract the CIFAR-100 python archive (cifar-100-python.tar.gz) into DATA_DIR, giving "
-        "DATA_DIR/cifar-100-python/, and pass data_dir=DATA_DIR, or run `tfds build cifar100 "
-        f"--data_dir=DIR` where there is internet and pass DIR as tfds_data_dir; {_MANUAL}",
+        f"DATA_DIR/cifar-100-python/, and pass data_dir=DATA_DIR, {_tfds_fix('cifar100')}",
     ),
     "timit": _Catalog(
         TIMIT_NUM_CLASSES,

@@ -408,7 +408,8 @@ def test_every_source_named_when_all_fail(tmp_path, monkeypatch):
     assert str(tmp_path / "fashion_mnist") in text and str(tmp_path / "FashionMNIST/raw") in text
     assert "(2) debian: " in text and "dataset-fashion-mnist" in text
     assert f"(3) tfds: not prepared in {tfds_dir}" in text and "downloading is off" in text
-    assert "apt-get install dataset-fashion-mnist" in text and "tfds build fashion_mnist" in text
+    assert "apt-get install dataset-fashion-mnist" in text
+    assert "tfds.builder('fashion_mnist', data_dir=DIR).download_and_prepare()" in text
     assert "\n" not in text
 
 
