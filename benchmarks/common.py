@@ -41,8 +41,13 @@ def _validate(name: str, check, message: str) -> None:
 
 
 def define_model_data_flags() -> None:
-    """--model, --dataset, --data_dir, --tfds_data_dir and the synthetic task's size."""
+    """--model and the data flags (``define_data_flags``)."""
     flags.DEFINE_enum("model", "F1", models.MODEL_NAMES, "Network of the paper's Table 1.")
+    define_data_flags()
+
+
+def define_data_flags() -> None:
+    """--dataset, --data_dir, --tfds_data_dir and the synthetic task's size."""
     flags.DEFINE_enum(
         "dataset", None, data.DATASET_NAMES,
         "Data set. Default: the model's paper dataset (F1: mnist, F2: timit, C1/C2: cifar10, "
@@ -61,7 +66,7 @@ def define_model_data_flags() -> None:
 
 
 def define_training_flags() -> None:
-    """Regime, GLOBAL batch size, stopping rule, optimizer, BN and evaluation settings."""
+    """Regime, GLOBAL batch size, epochs, x0, and the optimization flags of one run."""
     flags.DEFINE_enum("regime", "SB", train.REGIMES,
                       "SB (small batch, 256) or LB (large batch, --lb_fraction of the "
                       "training set); the row's regime label.")
@@ -70,9 +75,19 @@ def define_training_flags() -> None:
         "GLOBAL batch size: the examples of one step summed over ALL replicas and workers "
         "(each of N replicas takes batch_size/N). Default: 256 for --regime=SB, "
         "--lb_fraction of the training set for --regime=LB.")
+    flags.DEFINE_integer("epochs", 20, "Epochs to train; the cap under plateau stopping.")
+    flags.DEFINE_string("x0", None, "Initial weights: an x0.npz of an earlier run "
+                        "(<output_dir>/runs/<run_id>/x0.npz). Default: drawn from --seed.")
+    _validate("batch_size", lambda v: v >= 1,
+              "--batch_size must be a positive integer (the GLOBAL batch size)")
+    _validate("epochs", lambda v: v >= 1, "--epochs must be a positive integer")
+    define_optimization_flags()
+
+
+def define_optimization_flags() -> None:
+    """LB fraction, stopping rule, optimizer, BN and evaluation settings shared by regimes."""
     flags.DEFINE_float("lb_fraction", train.PAPER_LB_FRACTION,
                        "LB batch as a fraction of the training set (the paper's 0.1).")
-    flags.DEFINE_integer("epochs", 20, "Epochs to train; the cap under plateau stopping.")
     flags.DEFINE_integer(
         "plateau_patience", 0,
         "0: train exactly --epochs. k > 0: stop when the epoch's training loss failed k "
@@ -90,8 +105,6 @@ def define_training_flags() -> None:
     flags.DEFINE_bool("bn_sync", True,
                       "Synchronise BN statistics across replicas (the global batch's); "
                       "--nobn_sync gives per-replica (ghost batch) statistics.")
-    flags.DEFINE_string("x0", None, "Initial weights: an x0.npz of an earlier run "
-                        "(<output_dir>/runs/<run_id>/x0.npz). Default: drawn from --seed.")
     flags.DEFINE_bool("eval_every_epoch", False,
                       "Evaluate on the full training and test sets after every epoch.")
     flags.DEFINE_integer("eval_batch_size", 5000,
@@ -101,11 +114,8 @@ def define_training_flags() -> None:
                          "Training steps per compiled call (fewer Python round trips).")
     flags.DEFINE_bool("deterministic", True,
                       "TensorFlow op determinism: reproducible runs and exact resumes.")
-    _validate("batch_size", lambda v: v >= 1,
-              "--batch_size must be a positive integer (the GLOBAL batch size)")
     _validate("lb_fraction", lambda v: 0 < v <= 1,
               "--lb_fraction must be in (0, 1]; the paper's LB is 0.1")
-    _validate("epochs", lambda v: v >= 1, "--epochs must be a positive integer")
     _validate("plateau_patience", lambda v: v >= 0,
               "--plateau_patience must be >= 0 (0 trains exactly --epochs)")
     _validate("plateau_tol", lambda v: v >= 0, "--plateau_tol must be >= 0")
@@ -153,32 +163,39 @@ def define_output_flags() -> None:
 
 # --- getters ---------------------------------------------------------------------------------
 
-def synthetic_spec() -> data.SyntheticSpec | None:
+def synthetic_spec(model: str | None = None) -> data.SyntheticSpec | None:
     """The synthetic task of the flags (None unless --dataset=synthetic).
 
-    Its examples take the model's paper input shape and class count, so a synthetic run
-    exercises the real architecture.
+    Its examples take the paper input shape and class count of ``model`` (default --model),
+    so a synthetic run exercises the real architecture.
     """
     if FLAGS.dataset != "synthetic":
         return None
-    model_spec = models.spec(FLAGS.model)
+    model_spec = models.spec(model or FLAGS.model)
     return data.SyntheticSpec(
         num_train=FLAGS.synthetic_train_examples, num_test=FLAGS.synthetic_test_examples,
         input_shape=model_spec.input_shape, num_classes=model_spec.num_classes,
         seed=FLAGS.seed, noise=FLAGS.synthetic_noise)
 
 
-def train_config(**overrides) -> train.TrainConfig:
-    """The ``TrainConfig`` of the model/data, training, distribution and output flags."""
-    values = dict(
-        model=FLAGS.model, dataset=FLAGS.dataset, regime=FLAGS.regime,
-        batch_size=FLAGS.batch_size, lb_fraction=FLAGS.lb_fraction, epochs=FLAGS.epochs,
+def optimization_settings() -> dict:
+    """``TrainConfig`` fields of the data, optimization, distribution and output flags, i.e.
+    everything but the model, regime, batch size, epochs and x0 of one run."""
+    return dict(
+        dataset=FLAGS.dataset, lb_fraction=FLAGS.lb_fraction,
         plateau_patience=FLAGS.plateau_patience, plateau_tol=FLAGS.plateau_tol,
         optimizer=FLAGS.optimizer, learning_rate=FLAGS.learning_rate, momentum=FLAGS.momentum,
         bn_mode=FLAGS.bn_mode, bn_sync=FLAGS.bn_sync, precision=FLAGS.precision,
         jit_compile=FLAGS.jit_compile, seed=FLAGS.seed, deterministic=FLAGS.deterministic,
         eval_every_epoch=FLAGS.eval_every_epoch, eval_batch_size=FLAGS.eval_batch_size,
-        steps_per_call=FLAGS.steps_per_call, x0_path=FLAGS.x0, synthetic=synthetic_spec())
+        steps_per_call=FLAGS.steps_per_call)
+
+
+def train_config(**overrides) -> train.TrainConfig:
+    """The ``TrainConfig`` of the model/data, training, distribution and output flags."""
+    values = dict(optimization_settings(), model=FLAGS.model, regime=FLAGS.regime,
+                  batch_size=FLAGS.batch_size, epochs=FLAGS.epochs, x0_path=FLAGS.x0,
+                  synthetic=synthetic_spec())
     values.update(overrides)
     return train.TrainConfig(**values)
 
