@@ -234,7 +234,9 @@ def _fail(message: str, status: int) -> None:
     sys.exit(status)
 
 
-def _parse_flags(argv: list[str]) -> list[str]:
+def parse_flags(argv: list[str]) -> list[str]:
+    """Parses ``argv`` into FLAGS; a bad flag is one stderr line and exit status 2. Then
+    applies --cpu_devices (before TensorFlow initialises devices) and --quiet."""
     try:
         remaining = FLAGS(argv)
     except flags.Error as error:
@@ -254,9 +256,9 @@ def _parse_flags(argv: list[str]) -> list[str]:
     return remaining
 
 
-def run(main) -> None:
-    """``absl.app.run(main)`` with one-line errors: a bad flag exits 2, a library
-    ``ValueError`` exits 1; neither prints a traceback or writes results."""
+def guard(main):
+    """``main`` with a library ``ValueError`` turned into one stderr line and exit status 1
+    (with ``--verbosity=1`` the error propagates with its traceback)."""
 
     def guarded(argv):
         try:
@@ -266,4 +268,10 @@ def run(main) -> None:
                 raise
             _fail(error, EXIT_RUN_ERROR)
 
-    app.run(guarded, flags_parser=_parse_flags)
+    return guarded
+
+
+def run(main) -> None:
+    """``absl.app.run(main)`` with one-line errors: a bad flag exits 2, a library
+    ``ValueError`` exits 1; neither prints a traceback or writes results."""
+    app.run(guard(main), flags_parser=parse_flags)

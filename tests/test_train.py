@@ -1,0 +1,208 @@
+"""Training: loss falls, shared x0, replica-count invariance, stopping rules, resume."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from lbgap_tf import data, distribute, train
+
+SPEC = data.SyntheticSpec(num_train=256, num_test=64, input_shape=(16,), num_classes=4, seed=1)
+
+
+@pytest.fixture(scope="module")
+def splits():
+    config = train.TrainConfig(dataset="synthetic", synthetic=SPEC)
+    return train.load_data(config)
+
+
+def _config(**overrides):
+    values = dict(model="F1", dataset="synthetic", synthetic=SPEC, batch_size=64, epochs=2,
+                  steps_per_call=3, eval_batch_size=64)
+    values.update(overrides)
+    return train.TrainConfig(**values)
+
+
+def _run(config, splits, run_dir, strategy=None, **kwargs):
+    return train.train(config, *splits, run_dir=str(run_dir), strategy=strategy, quiet=True,
+                       **kwargs)
+
+
+def _weights(result):
+    return [np.asarray(w) for w in result.model.weights]
+
+
+def test_loss_falls_on_the_synthetic_task(splits, tmp_path):
+    result = _run(_config(epochs=3), splits, tmp_path)
+    losses = [row["train_loss"] for row in result.history]
+    assert losses[0] > losses[1] > losses[2]
+    assert losses[0] > 0.5 and losses[2] < 0.1
+    assert result.train.accuracy > 0.95 and result.test.accuracy > 0.9
+    assert result.epochs_run == 3 and result.stop_reason == "epochs"
+    assert [row["steps"] for row in result.history] == [4, 4, 4]  # 256 // 64
+    assert (tmp_path / "model.keras").exists() and (tmp_path / "history.csv").exists()
+
+
+def test_sb_and_lb_start_from_the_same_x0(splits, tmp_path):
+    sb = _run(_config(regime="SB", epochs=1), splits, tmp_path / "sb")
+    x0_path = str(tmp_path / "sb" / train.X0_FILE)
+    lb = _run(_config(regime="LB", batch_size=None, epochs=1, x0_path=x0_path), splits,
+              tmp_path / "lb")
+    assert lb.config.batch_size == round(0.1 * SPEC.num_train)  # LB = 10% of the data.
+    seeded = train.make_x0(sb.config, splits[0].info)
+    for initial in (train.load_x0(x0_path), train.load_x0(str(tmp_path / "lb" / train.X0_FILE))):
+        assert len(initial) == len(seeded)
+        for a, b in zip(initial, seeded, strict=True):
+            np.testing.assert_array_equal(a, b)
+    assert lb.x0.startswith(x0_path)
+    # Both trained away from x0, along different paths.
+    assert not np.array_equal(_weights(sb)[0], seeded[0])
+    assert not np.array_equal(_weights(sb)[0], _weights(lb)[0])
+
+
+@pytest.fixture(scope="module")
+def replica_runs(splits, tmp_path_factory):
+    """F1 trained 3 epochs on one device and on 2 mirrored replicas, in both BN modes."""
+    runs = {}
+    for bn_mode in ("moving", "batch"):
+        config = _config(epochs=3, bn_mode=bn_mode)
+        root = tmp_path_factory.mktemp(bn_mode)
+        runs[bn_mode] = (
+            _run(config, splits, root / "one", tf.distribute.get_strategy()),
+            _run(config, splits, root / "two", distribute.get_strategy("mirrored")),
+        )
+    return runs
+
+
+@pytest.mark.parametrize("bn_mode", ["moving", "batch"])
+def test_two_mirrored_replicas_follow_the_one_device_trajectory(replica_runs, bn_mode):
+    one, two = replica_runs[bn_mode]
+    assert two.strategy["replicas"] == 2 and one.strategy["replicas"] == 1
+    # Same global batches, loss averaged over the global batch, BN statistics synchronised:
+    # only float reassociation separates the runs (observed ~1e-7 relative).
+    np.testing.assert_allclose([r["train_loss"] for r in two.history],
+                               [r["train_loss"] for r in one.history], rtol=1e-5)
+    # The biases of the Dense layers that feed BN have a zero true gradient (BN subtracts
+    # the mean), so ADAM turns their float noise into updates of up to the learning rate:
+    # they differ between any two summation orders and do not change the function.
+    for weight, a, b in zip(two.model.weights, _weights(two), _weights(one), strict=True):
+        if weight.path.startswith("dense") and weight.path.endswith("bias"):
+            continue
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5, err_msg=weight.path)
+    assert two.test.loss == pytest.approx(one.test.loss, rel=1e-4)
+
+
+def test_per_replica_bn_statistics_change_the_trajectory(replica_runs, splits, tmp_path):
+    _, synced = replica_runs["moving"]
+    ghost = _run(dataclasses.replace(synced.config, bn_sync=False), splits, tmp_path,
+                 distribute.get_strategy("mirrored"))
+    assert train.run_record(ghost, run_id="g")["bn_sync"] is False
+    assert abs(ghost.history[0]["train_loss"] - synced.history[0]["train_loss"]) > 1e-4
+
+
+def test_batch_not_divisible_by_the_replicas_is_a_clear_error(splits, tmp_path):
+    with pytest.raises(train.TrainError, match="not divisible by the 2 replicas"):
+        _run(_config(batch_size=63), splits, tmp_path, distribute.get_strategy("mirrored"))
+    with pytest.raises(train.TrainError, match="larger than the training set"):
+        _run(_config(batch_size=257), splits, tmp_path)
+    assert not tmp_path.joinpath("history.csv").exists()
+
+
+class _Interrupt(Exception):
+    pass
+
+
+def test_resume_after_an_interrupt_ends_with_the_uninterrupted_weights(splits, tmp_path):
+    config = _config(epochs=4)
+    straight = _run(config, splits, tmp_path / "straight")
+
+    def stop_after_two(epoch, row):
+        if epoch == 2:
+            raise _Interrupt
+
+    with pytest.raises(_Interrupt):
+        _run(config, splits, tmp_path / "resumed", on_epoch_end=stop_after_two)
+    seen = []
+    resumed = _run(config, splits, tmp_path / "resumed",
+                   on_epoch_end=lambda epoch, row: seen.append(epoch))
+    assert seen == [3, 4]  # Epochs 1-2 came from the checkpoint.
+    assert [r["epoch"] for r in resumed.history] == [1, 2, 3, 4]
+    assert [r["train_loss"] for r in resumed.history] == [r["train_loss"]
+                                                          for r in straight.history]
+    for a, b in zip(_weights(resumed), _weights(straight), strict=True):
+        np.testing.assert_array_equal(a, b)
+    # A finished run rerun trains nothing and reports the same result.
+    again = _run(config, splits, tmp_path / "resumed", on_epoch_end=lambda *a: seen.append(0))
+    assert seen == [3, 4] and again.epochs_run == 4
+    assert again.test == resumed.test
+
+
+def test_stop_reason_follows_the_plateau_rule():
+    fixed = train.TrainConfig(epochs=3)
+    assert train.stop_reason([1.0, 0.5], fixed) is None
+    assert train.stop_reason([1.0, 0.5, 0.4], fixed) == "epochs"
+    plateau = train.TrainConfig(epochs=10, plateau_patience=2, plateau_tol=0.1)
+    assert plateau.stop_rule == "plateau(tol=0.1,patience=2,cap=10)"
+    # 1.0 -> 0.8 improves by 20% (> 10%); 0.75 and 0.73 improve on 0.8 by < 10%: stop.
+    assert train.stop_reason([1.0, 0.8, 0.75], plateau) is None
+    assert train.stop_reason([1.0, 0.8, 0.75, 0.73], plateau) == "plateau"
+    # 0.71 is 11.25% below the best 0.8: the count restarts.
+    assert train.stop_reason([1.0, 0.8, 0.75, 0.71], plateau) is None
+    assert train.stop_reason([1.0] * 10, train.TrainConfig(epochs=10, plateau_patience=20)) \
+        == "epochs"
+
+
+def test_plateau_stopping_is_recorded(splits, tmp_path):
+    config = _config(epochs=10, plateau_patience=1, plateau_tol=10.0)  # Nothing is enough.
+    result = _run(config, splits, tmp_path)
+    assert result.epochs_run == 2 and result.stop_reason == "plateau"
+    row = train.run_record(result, run_id="r")
+    assert row["stop_rule"] == "plateau(tol=10,patience=1,cap=10)"
+    assert row["epochs_run"] == 2 and tuple(row) == train.RUN_COLUMNS
+
+
+def test_eval_every_epoch_matches_an_independent_evaluation(splits, tmp_path):
+    result = _run(_config(epochs=1, eval_every_epoch=True), splits, tmp_path)
+    row = result.history[0]
+    features, labels = splits[1].features, splits[1].labels
+    logits = result.model(features, training=False).numpy().astype(np.float64)
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    assert row["test_loss"] == pytest.approx(-log_probs[np.arange(len(labels)), labels].mean(),
+                                             rel=1e-5)
+    assert row["test_accuracy"] == pytest.approx(np.mean(logits.argmax(1) == labels))
+    assert result.test.loss == pytest.approx(row["test_loss"], rel=1e-6)
+
+
+@pytest.mark.parametrize("precision,jit", [("mixed_bfloat16", False), ("mixed_float16", False),
+                                           ("float32", True)])
+def test_precision_policies_and_xla_train(splits, tmp_path, precision, jit):
+    result = _run(_config(epochs=2, precision=precision, jit_compile=jit), splits, tmp_path)
+    losses = [row["train_loss"] for row in result.history]
+    assert np.isfinite(losses).all() and losses[1] < losses[0]
+    assert result.model.layers[1].compute_dtype == precision.removeprefix("mixed_")
+
+
+def test_xla_with_several_replicas_is_a_clear_error(splits, tmp_path):
+    with pytest.raises(train.TrainError, match="jit_compile"):
+        _run(_config(jit_compile=True), splits, tmp_path, distribute.get_strategy("mirrored"))
+
+
+def test_bad_configs_and_x0_files_are_clear_errors(splits, tmp_path):
+    with pytest.raises(train.TrainError, match="unknown model 'F9'"):
+        _config(model="F9")
+    with pytest.raises(train.TrainError, match="epochs must be a positive integer"):
+        _config(epochs=0)
+    with pytest.raises(train.TrainError, match="learning_rate must be positive"):
+        _config(learning_rate=0.0)
+    with pytest.raises(train.TrainError, match="does not exist"):
+        train.load_x0(str(tmp_path / "absent.npz"))
+    garbage = tmp_path / "garbage.npz"
+    garbage.write_bytes(b"not a numpy archive")
+    with pytest.raises(train.TrainError, match="cannot read initial weights"):
+        train.load_x0(str(garbage))
+    wrong = tmp_path / "wrong.npz"
+    np.savez(wrong, w0000=np.zeros((3, 3), np.float32))
+    with pytest.raises(train.TrainError, match="do not fit F1"):
+        _run(_config(x0_path=str(wrong)), splits, tmp_path / "run")

@@ -1,0 +1,205 @@
+"""`python -m benchmarks.train`: run records, resume after a kill, bad input, two workers."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from lbgap_tf import data, results, train
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SMOKE = ["--model=F1", "--dataset=synthetic", "--synthetic_train_examples=256",
+         "--synthetic_test_examples=64", "--batch_size=64", "--eval_batch_size=64"]
+
+
+def _env():
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    env.pop("TF_CONFIG", None)
+    return env
+
+
+def _start(*args, env=None):
+    return subprocess.Popen([sys.executable, "-m", "benchmarks.train", *args], cwd=REPO,
+                            env=env or _env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+
+
+def _finish(process, timeout=240):
+    try:
+        out, err = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        out, err = process.communicate()
+        pytest.fail(f"benchmarks.train timed out; stderr:\n{err[-3000:]}")
+    return process.returncode, out, err
+
+
+def _run(*args, timeout=240):
+    return _finish(_start(*args), timeout)
+
+
+def test_a_run_writes_one_complete_row_and_a_rerun_adds_none(tmp_path):
+    out_dir = tmp_path / "out"
+    code, out, err = _run(*SMOKE, "--epochs=2", "--strategy=mirrored", "--cpu_devices=2",
+                          "--quiet", f"--output_dir={out_dir}")
+    assert code == 0, err
+    rows = results.read_rows(out_dir / "runs.csv")
+    assert len(rows) == 1
+    row = rows[0]
+    assert tuple(row) == train.RUN_COLUMNS
+    assert row["replicas"] == "2" and row["strategy"] == "mirrored"
+    assert row["global_batch_size"] == "64" and row["per_replica_batch_size"] == "32"
+    assert row["epochs_run"] == "2" and row["stop_reason"] == "epochs"
+    assert row["regime"] == "SB" and row["bn_sync"] == "True" and row["optimizer"] == "adam"
+    assert float(row["examples_per_s"]) > 0 and 0 <= float(row["test_accuracy"]) <= 1
+    assert json.loads(row["nondefault_flags"])["cpu_devices"] == 2
+    run_dir = out_dir / "runs" / row["run_id"]
+    for name in ("config.json", "x0.npz", "history.csv", "model.keras"):
+        assert (run_dir / name).exists(), name
+    assert len(results.read_rows(run_dir / "history.csv")) == 2
+    assert json.loads((run_dir / "config.json").read_text())["config"]["batch_size"] == 64
+
+    code, out, err = _run(*SMOKE, "--epochs=2", "--strategy=mirrored", "--cpu_devices=2",
+                          "--quiet", f"--output_dir={out_dir}")
+    assert code == 0, err
+    assert "already complete" in out and row["run_id"] in out
+    assert len(results.read_rows(out_dir / "runs.csv")) == 1
+
+
+def test_a_killed_run_resumes_from_its_last_epoch(tmp_path):
+    out_dir = tmp_path / "out"
+    args = [*SMOKE, "--epochs=6", "--synthetic_train_examples=1024", f"--output_dir={out_dir}"]
+    process = _start(*args)
+    deadline = time.monotonic() + 180
+    while not list(out_dir.glob("runs/*/checkpoints/checkpoint")):
+        assert process.poll() is None, process.communicate()[1][-3000:]
+        assert time.monotonic() < deadline, "no checkpoint appeared"
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=30)
+    assert not (out_dir / "runs.csv").exists()  # A killed run leaves no row.
+    (run_dir,) = out_dir.glob("runs/*")
+    killed_at = len(results.read_rows(run_dir / "history.csv"))
+    assert 1 <= killed_at < 6
+
+    code, _, err = _run(*args)
+    assert code == 0, err
+    assert "resuming" in err
+    history = results.read_rows(run_dir / "history.csv")
+    assert [int(r["epoch"]) for r in history] == [1, 2, 3, 4, 5, 6]
+    rows = results.read_rows(out_dir / "runs.csv")
+    assert len(rows) == 1 and rows[0]["epochs_run"] == "6"
+
+
+# The first case splits the CPU, so it must run before any case initialises TensorFlow.
+BAD_INPUTS = {
+    "batch not divisible": ([*SMOKE, "--batch_size=63", "--strategy=mirrored",
+                             "--cpu_devices=2"], "not divisible by the 2 replicas"),
+    "unknown model": (["--model=F9"], "--model=F9: value should be one of"),
+    "unknown dataset": (["--dataset=svhn"], "--dataset=svhn: value should be one of"),
+    "batch larger than the data": ([*SMOKE, "--batch_size=300"],
+                                   "larger than the training set (256 examples"),
+    "zero epochs": ([*SMOKE, "--epochs=0"], "--epochs must be a positive integer"),
+    "zero learning rate": ([*SMOKE, "--learning_rate=0"], "--learning_rate must be positive"),
+    "negative learning rate": ([*SMOKE, "--learning_rate=-0.1"],
+                               "--learning_rate must be positive"),
+    "zero batch": ([*SMOKE, "--batch_size=0"], "--batch_size must be a positive integer"),
+    "missing x0": ([*SMOKE, "--x0=/nonexistent/x0.npz"], "does not exist"),
+    "garbage x0": ([*SMOKE, "--x0={garbage}"], "cannot read initial weights"),
+    "missing data": (["--model=F2"], "no timit train data found"),
+    "stray argument": ([*SMOKE, "extra"], "unexpected arguments ['extra']"),
+    "cpu split without mirrored": ([*SMOKE, "--cpu_devices=2"],
+                                   "--cpu_devices > 1 makes replicas only for"),
+}
+
+# Runs every case through the binary's own flag parsing and error handling (what
+# common.run hands to absl.app.run) in ONE process, so TensorFlow is imported once.
+_DRIVER = """
+import contextlib, io, json, os, sys
+from absl import flags
+from benchmarks import common, train as binary
+report = {}
+for name, argv, out_dir in json.loads(sys.argv[1]):
+    flags.FLAGS.unparse_flags()
+    err = io.StringIO()
+    code = 0
+    with contextlib.redirect_stderr(err):
+        try:
+            common.guard(binary.main)(common.parse_flags(["train.py", *argv]))
+        except SystemExit as exit_:
+            code = exit_.code
+    report[name] = [code, err.getvalue(), os.path.exists(out_dir)]
+print(json.dumps(report))
+"""
+
+
+def test_every_bad_input_ends_in_one_error_line_and_no_output(tmp_path):
+    garbage = tmp_path / "garbage.npz"
+    garbage.write_bytes(b"no archive")
+    cases = []
+    for name, (args, _) in BAD_INPUTS.items():
+        out_dir = str(tmp_path / name.replace(" ", "_"))
+        args = [arg.format(garbage=garbage) for arg in args]
+        cases.append([name, [*args, "--quiet", f"--output_dir={out_dir}"], out_dir])
+    done = subprocess.run([sys.executable, "-c", _DRIVER, json.dumps(cases)], cwd=REPO,
+                          env=_env(), capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    for name, (code, err, wrote) in report.items():
+        lines = err.strip().splitlines()
+        assert code in (1, 2), (name, code)
+        assert len(lines) == 1, (name, err)
+        assert "error:" in lines[0] and BAD_INPUTS[name][1] in lines[0], (name, lines[0])
+        assert not wrote, name  # No row, no run directory.
+
+
+def test_an_unknown_model_on_the_command_line_is_one_line_without_traceback(tmp_path):
+    code, out, err = _run("--model=F9", f"--output_dir={tmp_path / 'out'}")
+    assert code == 2 and out == ""
+    assert err.strip().splitlines() == [
+        "train.py: error: flag --model=F9: value should be one of <F1|F2|C1|C2|C3|C4> "
+        "(see --helpfull)"]
+    assert not (tmp_path / "out").exists()
+
+
+def _free_ports(count):
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(("localhost", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def test_two_workers_report_the_losses_of_one_device(tmp_path):
+    workers = [f"localhost:{port}" for port in _free_ports(2)]
+    args = [*SMOKE, "--epochs=2", "--strategy=multi_worker_mirrored", "--quiet",
+            f"--output_dir={tmp_path / 'workers'}"]
+    processes = []
+    for index in range(2):
+        env = dict(_env(), TF_CONFIG=json.dumps(
+            {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}))
+        processes.append(_start(*args, env=env))
+    outcomes = [_finish(process, timeout=180) for process in processes]
+    for code, _, err in outcomes:
+        assert code == 0, err[-3000:]
+    (row,) = results.read_rows(tmp_path / "workers" / "runs.csv")  # The chief's row only.
+    assert row["strategy"] == "multi_worker_mirrored" and row["workers"] == "2"
+    assert row["replicas"] == "2"
+    history = results.read_rows(tmp_path / "workers" / "runs" / row["run_id"] / "history.csv")
+
+    spec = data.SyntheticSpec(num_train=256, num_test=64, input_shape=(784,), num_classes=10)
+    config = train.TrainConfig(model="F1", dataset="synthetic", synthetic=spec, batch_size=64,
+                               epochs=2, eval_batch_size=64)
+    one = train.train(config, *train.load_data(config), run_dir=str(tmp_path / "one"),
+                      quiet=True)
+    np.testing.assert_allclose([float(r["train_loss"]) for r in history],
+                               [r["train_loss"] for r in one.history], rtol=1e-5)
+    assert float(row["test_loss"]) == pytest.approx(one.test.loss, rel=1e-4)
