@@ -1,0 +1,356 @@
+"""The generalization-gap experiment (Tables 2-4): SB and LB from one x0, then sharpness.
+
+For each network and trial (seed ``first_seed + trial``):
+
+1. train SB from x0 drawn from the seed (the run saves that x0), then LB from the SAME x0,
+   each with a fresh optimizer (the authors' protocol);
+2. record the pair: full train/test accuracy of both (from the run rows), the SB - LB test
+   gap and the distance ratio ||x_SB - x0|| / ||x_LB - x0|| over the trainable weights;
+3. measure sharpness (Metric 2.1) of both minimizers for every space, solver and epsilon of
+   the plan, on the training set (or a fixed seeded subset of it).
+
+Every finished stage leaves a row: ``runs.csv`` per run, ``pairs.csv`` per pair,
+``sharpness.csv`` per measurement. A rerun of the same experiment finds those rows and repeats
+no finished stage; an interrupted run resumes from its last checkpointed epoch. The tables are
+derived from the rows of this experiment only (``gap_id``), so experiments with other settings
+can share an output folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from collections.abc import Sequence
+
+import keras
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from lbgap_tf import data, distribute, results, sharpness, sharpness_rows, tables, train
+
+RUNS_FILE = "runs.csv"
+PAIRS_FILE = "pairs.csv"
+SHARPNESS_FILE = "sharpness.csv"
+BENCHMARK = "gap"
+
+PAIR_COLUMNS = (
+    "gap_id", "model", "dataset", "trial", "seed", "sb_run_id", "lb_run_id",
+    "sb_train_accuracy", "lb_train_accuracy", "sb_test_accuracy", "lb_test_accuracy",
+    "test_gap_pp", "sb_distance", "lb_distance", "distance_ratio", "git_revision",
+    "finished_at",
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class SharpnessPlan:
+    """Which sharpness measurements each minimizer gets.
+
+    Attributes:
+      epsilons: box sizes (the paper: 1e-3 and 5e-4).
+      subspace_dims: None for the full space (Table 3), p for a random subspace of dimension
+        p (Table 4: 100), drawn from the trial's seed.
+      solvers: "lbfgsb" (the paper's) and/or "ascent" (see ``sharpness``).
+      max_iter: solver iterations (the paper: 10 L-BFGS-B iterations).
+      eval_examples: None to evaluate f on the whole training set, or the size of a fixed
+        subset drawn from the trial's seed (recorded in every row).
+      eval_batch_size: GLOBAL evaluation batch of f (batch-statistics BN depends on it).
+    """
+
+    epsilons: tuple[float, ...] = (1e-3, 5e-4)
+    subspace_dims: tuple[int | None, ...] = (None, 100)
+    solvers: tuple[str, ...] = ("lbfgsb", "ascent")
+    max_iter: int = 10
+    eval_examples: int | None = None
+    eval_batch_size: int = 5000
+
+    def __post_init__(self):
+        if not self.epsilons or any(not eps > 0 for eps in self.epsilons):
+            raise sharpness.SharpnessError(
+                f"epsilons must be positive, got {self.epsilons}: e.g. 1e-3,5e-4")
+        for solver in self.solvers:
+            if solver not in sharpness.SOLVERS:
+                raise sharpness.SharpnessError(
+                    f"unknown solver {solver!r}: choose from {', '.join(sharpness.SOLVERS)}")
+        if not self.solvers or not self.subspace_dims:
+            raise sharpness.SharpnessError("the plan needs at least one solver and one space")
+        for dim in self.subspace_dims:
+            if dim is not None and dim < 1:
+                raise sharpness.SharpnessError(f"subspace dimension must be >= 1, got {dim}")
+        if self.max_iter < 1 or self.eval_batch_size < 1 \
+                or (self.eval_examples is not None and self.eval_examples < 1):
+            raise sharpness.SharpnessError(
+                "max_iter, eval_batch_size and eval_examples must be positive")
+
+
+@dataclasses.dataclass(frozen=True)
+class GapConfig:
+    """One generalization-gap experiment.
+
+    ``sb`` and ``lb`` are the two regimes' training settings (model and seed are set per
+    network and trial); ``trials`` seeds run from ``first_seed``.
+    """
+
+    models: tuple[str, ...]
+    sb: train.TrainConfig
+    lb: train.TrainConfig
+    trials: int = 5
+    first_seed: int = 0
+    sharpness: SharpnessPlan = SharpnessPlan()
+
+    def __post_init__(self):
+        if not self.models:
+            raise train.TrainError("no model given: pass e.g. --models=F1")
+        if self.trials < 1:
+            raise train.TrainError(f"trials must be at least 1, got {self.trials}")
+        if self.sb.regime != "SB" or self.lb.regime != "LB":
+            raise train.TrainError("the sb and lb settings must have regimes SB and LB")
+
+    @property
+    def seeds(self) -> range:
+        return range(self.first_seed, self.first_seed + self.trials)
+
+    def gap_id(self, model: str) -> str:
+        """Identifies the experiment's settings for one network (not its trial count)."""
+        key = {"sb": train.config_dict(dataclasses.replace(self.sb, model=model, seed=0)),
+               "lb": train.config_dict(dataclasses.replace(self.lb, model=model, seed=0)),
+               "sharpness": dataclasses.asdict(self.sharpness)}
+        return results.new_run_id(key, prefix=f"{model}-")
+
+
+@dataclasses.dataclass(frozen=True)
+class GapOutcome:
+    """The experiment's rows (this experiment's only) and the derived tables."""
+
+    run_rows: list[dict]
+    pair_rows: list[dict]
+    sharpness_rows: list[dict]
+    table2: list[dict]
+    table3: list[dict]
+    table4: list[dict]
+    wall_time_s: float
+
+
+def trainable_distance(model: keras.Model, x0: Sequence[np.ndarray]) -> float:
+    """||x - x0|| over the trainable weights; ``x0`` in ``model.weights`` order (an x0.npz)."""
+    squares = [np.sum((np.asarray(w, np.float64) - np.asarray(start, np.float64)) ** 2)
+               for w, start in zip(model.weights, x0, strict=True) if w.trainable]
+    return float(np.sqrt(np.sum(squares)))
+
+
+class _Progress:
+    """Logs each stage with its position, the elapsed time and a rough ETA."""
+
+    def __init__(self, total: int):
+        self._total, self._done, self._started = total, 0, time.perf_counter()
+
+    def stage(self, description: str) -> None:
+        elapsed = time.perf_counter() - self._started
+        eta = ""
+        if self._done:
+            eta = f", ETA {elapsed / self._done * (self._total - self._done) / 60:.1f} min"
+        logging.info("[gap %d/%d, %.1f min elapsed%s] %s", self._done + 1, self._total,
+                     elapsed / 60, eta, description)
+        self._done += 1
+
+
+class _Experiment:
+    """Runs one ``GapConfig`` into ``output_dir``; see ``run``."""
+
+    def __init__(self, config: GapConfig, output_dir: str, strategy, data_dirs: dict,
+                 quiet: bool, nondefault_flags: str):
+        self.config, self.output_dir, self.strategy = config, output_dir, strategy
+        self.data_dirs, self.quiet, self.nondefault_flags = data_dirs, quiet, nondefault_flags
+        self.description = distribute.describe(strategy)
+        self.paths = {name: os.path.join(output_dir, name)
+                      for name in (RUNS_FILE, PAIRS_FILE, SHARPNESS_FILE)}
+        spaces = len(config.sharpness.subspace_dims) * len(config.sharpness.solvers)
+        self.progress = _Progress(len(config.models) * config.trials * (3 + 2 * spaces))
+
+    def rows(self, name: str) -> list[dict]:
+        return results.read_rows(self.paths[name])
+
+    def run(self) -> tuple[list[str], list[str], set]:
+        """Every stage of every network and trial; returns this experiment's run ids, gap ids
+        and sharpness keys, to select its rows."""
+        run_ids, gap_ids, keys = [], [], set()
+        for model in self.config.models:
+            gap_ids.append(self.config.gap_id(model))
+            train_data, test_data = train.load_data(
+                dataclasses.replace(self.config.sb, model=model), **self.data_dirs)
+            for trial, seed in enumerate(self.config.seeds):
+                pair = self._pair(model, trial, seed, train_data, test_data)
+                run_ids += [pair.sb.run_id, pair.lb.run_id]
+                for run in (pair.sb, pair.lb):
+                    keys |= self._sharpness(run, seed, train_data)
+        return run_ids, gap_ids, keys
+
+    # --- training ---------------------------------------------------------------------
+
+    def _run(self, config: train.TrainConfig, train_data, test_data) -> _Run:
+        config = train.resolve(config, train_data.info.num_examples,
+                               self.strategy.num_replicas_in_sync)
+        run_id = train.run_id(config, self.description)
+        run_dir = os.path.join(self.output_dir, "runs", run_id)
+        finished = [row for row in self.rows(RUNS_FILE) if row["run_id"] == run_id]
+        label = f"{config.model} {config.regime} seed {config.seed} ({run_id})"
+        if finished:
+            self.progress.stage(f"{label}: trained earlier, skipped")
+            return _Run(run_id, run_dir, config, finished[0], None)
+        self.progress.stage(f"training {label}")
+        result = train.train(config, train_data, test_data, run_dir=run_dir,
+                             strategy=self.strategy, quiet=self.quiet)
+        row = train.run_record(result, run_id=run_id, benchmark=BENCHMARK,
+                               nondefault_flags=self.nondefault_flags)
+        if train.is_chief(self.strategy):
+            results.append_row(self.paths[RUNS_FILE], row)
+        return _Run(run_id, run_dir, config, row, result.model)
+
+    def _pair(self, model, trial, seed, train_data, test_data) -> _Pair:
+        sb = self._run(dataclasses.replace(self.config.sb, model=model, seed=seed),
+                       train_data, test_data)
+        x0_path = os.path.join(sb.run_dir, train.X0_FILE)
+        lb = self._run(dataclasses.replace(self.config.lb, model=model, seed=seed,
+                                           x0_path=x0_path), train_data, test_data)
+        pair = _Pair(sb, lb)
+        done = any(row["sb_run_id"] == sb.run_id and row["lb_run_id"] == lb.run_id
+                   for row in self.rows(PAIRS_FILE))
+        if done:
+            self.progress.stage(f"{model} seed {seed}: pair recorded earlier, skipped")
+            return pair
+        self.progress.stage(f"{model} seed {seed}: distances from x0")
+        x0 = train.load_x0(x0_path)
+        sb_distance = trainable_distance(self._model(sb), x0)
+        lb_distance = trainable_distance(self._model(lb), x0)
+        sb_test, lb_test = (float(run.row["test_accuracy"]) for run in (sb, lb))
+        row = {
+            "gap_id": self.config.gap_id(model), "model": model,
+            "dataset": sb.config.dataset, "trial": trial, "seed": seed,
+            "sb_run_id": sb.run_id, "lb_run_id": lb.run_id,
+            "sb_train_accuracy": sb.row["train_accuracy"],
+            "lb_train_accuracy": lb.row["train_accuracy"],
+            "sb_test_accuracy": sb_test, "lb_test_accuracy": lb_test,
+            "test_gap_pp": 100 * (sb_test - lb_test),
+            "sb_distance": sb_distance, "lb_distance": lb_distance,
+            "distance_ratio": sb_distance / lb_distance if lb_distance > 0 else float("inf"),
+            "git_revision": results.git_revision(),
+            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        if train.is_chief(self.strategy):
+            results.append_row(self.paths[PAIRS_FILE], row)
+        return pair
+
+    def _model(self, run: _Run) -> keras.Model:
+        """The run's final model: in memory when trained now, else loaded from its file."""
+        if run.model is None:
+            with self.strategy.scope():
+                run.model = keras.models.load_model(
+                    os.path.join(run.run_dir, train.MODEL_FILE), compile=False)
+        return run.model
+
+    # --- sharpness --------------------------------------------------------------------
+
+    def _sharpness(self, run: _Run, seed: int, train_data: data.SplitData) -> set:
+        plan = self.config.sharpness
+        eval_examples = min(plan.eval_examples or train_data.info.num_examples,
+                            train_data.info.num_examples)
+        eval_batch = min(plan.eval_batch_size, eval_examples)
+        wanted = {}
+        for dim in plan.subspace_dims:
+            for solver in plan.solvers:
+                wanted[(dim, solver)] = {
+                    eps: sharpness_rows.measurement_key(
+                        run.run_id, subspace_dim=dim, subspace_seed=seed, epsilon=eps,
+                        solver=solver, max_iter=plan.max_iter, eval_examples=eval_examples,
+                        eval_batch_size=eval_batch)
+                    for eps in plan.epsilons}
+        finished = sharpness_rows.finished_keys(self.rows(SHARPNESS_FILE))
+        problem, spaces = None, {}
+        for (dim, solver), by_eps in wanted.items():
+            space_name = "full space" if dim is None else f"random subspace p={dim}"
+            label = f"{run.config.model} {run.config.regime} seed {seed}: sharpness, " \
+                    f"{space_name}, {solver}"
+            missing = [eps for eps, key in by_eps.items() if key not in finished]
+            if not missing:
+                self.progress.stage(f"{label}: measured earlier, skipped")
+                continue
+            self.progress.stage(f"{label}, eps {', '.join(f'{e:g}' for e in missing)}")
+            if problem is None:
+                problem = sharpness.SharpnessProblem(
+                    self._model(run), train_data.features, train_data.labels,
+                    eval_batch_size=eval_batch,
+                    eval_examples=None if eval_examples == train_data.info.num_examples
+                    else eval_examples,
+                    subset_seed=seed, strategy=self.strategy)
+            if dim not in spaces:
+                spaces[dim] = problem.space(dim, seed=seed)
+            space = spaces[dim]
+            for result in problem.measure(missing, space=space, solver=solver,
+                                          max_iter=plan.max_iter, seed=seed):
+                row = sharpness_rows.sharpness_row(
+                    result, run.row, benchmark=BENCHMARK, strategy=self.description,
+                    precision=run.config.precision, nondefault_flags=self.nondefault_flags)
+                if train.is_chief(self.strategy):
+                    results.append_row(self.paths[SHARPNESS_FILE], row)
+        return {key for by_eps in wanted.values() for key in by_eps.values()}
+
+
+@dataclasses.dataclass
+class _Run:
+    run_id: str
+    run_dir: str
+    config: train.TrainConfig
+    row: dict
+    model: keras.Model | None
+
+
+@dataclasses.dataclass(frozen=True)
+class _Pair:
+    sb: _Run
+    lb: _Run
+
+
+def run(config: GapConfig, *, output_dir: str, strategy: tf.distribute.Strategy | None = None,
+        data_dirs: dict | None = None, quiet: bool = False,
+        nondefault_flags: str = "") -> GapOutcome:
+    """Runs (or resumes) the experiment and writes its rows and tables into ``output_dir``.
+
+    Tables ``table2.csv``, ``table3.csv`` (full space) and ``table4.csv`` (random subspace)
+    are rebuilt from this experiment's rows at the end.
+    """
+    started = time.perf_counter()
+    experiment = _Experiment(config, output_dir, strategy or tf.distribute.get_strategy(),
+                             data_dirs or {}, quiet, nondefault_flags)
+    run_ids, gap_ids, keys = experiment.run()
+    outcome = collect(output_dir, run_ids=run_ids, gap_ids=gap_ids, sharpness_keys=keys,
+                      wall_time_s=time.perf_counter() - started)
+    write_tables(output_dir, outcome)
+    return outcome
+
+
+def collect(output_dir: str, *, run_ids: Sequence[str], gap_ids: Sequence[str],
+            sharpness_keys: set, wall_time_s: float) -> GapOutcome:
+    """This experiment's rows from the CSVs of ``output_dir`` and the tables derived from them."""
+    wanted_runs = set(run_ids)
+    run_rows = [row for row in results.read_rows(os.path.join(output_dir, RUNS_FILE))
+                if row["run_id"] in wanted_runs]
+    pair_rows = [row for row in results.read_rows(os.path.join(output_dir, PAIRS_FILE))
+                 if row["gap_id"] in gap_ids and row["sb_run_id"] in wanted_runs]
+    measured = [row for row in results.read_rows(os.path.join(output_dir, SHARPNESS_FILE))
+                if sharpness_rows.row_key(row) in sharpness_keys]
+    return GapOutcome(
+        run_rows=run_rows, pair_rows=pair_rows, sharpness_rows=measured,
+        table2=tables.table2(run_rows, pair_rows),
+        table3=tables.sharpness_table(measured, subspace="full"),
+        table4=tables.sharpness_table(measured, subspace="random"),
+        wall_time_s=wall_time_s)
+
+
+def write_tables(output_dir: str, outcome: GapOutcome) -> dict:
+    """Writes table2/3/4.csv; returns their paths by table name."""
+    paths = {}
+    for name in ("table2", "table3", "table4"):
+        paths[name] = os.path.join(output_dir, f"{name}.csv")
+        tables.write_table(paths[name], getattr(outcome, name))
+    return paths

@@ -1,0 +1,380 @@
+"""The regression gate: measured generalization-gap results against a baseline of bounds.
+
+A baseline file is JSON::
+
+    {"format": "lbgap_tf.baseline/1",
+     "baselines": [
+       {"name": "F1 Fashion-MNIST, CPU preset",
+        "setup": {"device_kind": "CPU", "precision": "float32", "tf_version": "2.21"},
+        "bounds": [
+          {"model": "F1", "metric": "sharpness_ratio", "subspace": "full",
+           "solver": "lbfgsb", "epsilon": 0.001, "min": 5},
+          {"model": "F1", "metric": "test_gap", "min": -3, "max": 3, "over": "mean"},
+          {"model": "F1", "metric": "train_accuracy", "regime": "SB", "min": 99}]}]}
+
+Several baselines (one per accelerator setup) live side by side; those whose ``setup`` matches
+the results apply. A setup value matches when it is equal to the measured one or a prefix of
+it at a separator: device_kind "CPU" matches "CPU: AMD EPYC 7B13", tf_version "2.21" matches
+"2.21.0".
+
+Metrics, all per trial (one SB/LB pair), in the units of the tables:
+
+- ``train_accuracy``, ``test_accuracy`` (%, needs ``regime``);
+- ``test_gap``: SB - LB test accuracy in percentage points;
+- ``distance_ratio``: ||x_SB - x0|| / ||x_LB - x0||;
+- ``sharpness`` (needs ``regime``) and ``sharpness_ratio`` (LB / SB), both with ``subspace``
+  ("full" or "random"), ``solver`` and ``epsilon``, optionally ``subspace_dim``.
+
+``over`` is "each" (default: every trial must lie within [min, max]) or "mean" (the mean over
+trials must). A bound on a network that was not run is skipped and listed; a bound whose
+measurement is missing for a network that was run is a violation.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import json
+import math
+import os
+from collections.abc import Iterable
+
+from lbgap_tf.tables import write_text_atomic
+
+FORMAT = "lbgap_tf.baseline/1"
+METRICS = ("train_accuracy", "test_accuracy", "test_gap", "distance_ratio", "sharpness",
+           "sharpness_ratio")
+_NEEDS_REGIME = ("train_accuracy", "test_accuracy", "sharpness")
+_NEEDS_SPACE = ("sharpness", "sharpness_ratio")
+_BOUND_KEYS = {"model", "dataset", "metric", "regime", "subspace", "subspace_dim", "solver",
+               "epsilon", "min", "max", "over"}
+SETUP_KEYS = ("device_kind", "precision", "tf_version")
+
+
+class GateError(ValueError):
+    """A baseline file is malformed or does not fit the results; the message says how."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Bound:
+    """One bound of a baseline: ``min <= metric <= max`` (either side may be None)."""
+
+    model: str
+    metric: str
+    min: float | None = None
+    max: float | None = None
+    over: str = "each"
+    dataset: str | None = None
+    regime: str | None = None
+    subspace: str | None = None
+    subspace_dim: int | None = None
+    solver: str | None = None
+    epsilon: float | None = None
+
+    def describe(self) -> str:
+        """E.g. "F1 sharpness_ratio[full, lbfgsb, eps 0.001] >= 5"."""
+        details = [value for value in (self.regime, self.subspace) if value]
+        if self.subspace_dim:
+            details.append(f"p={self.subspace_dim}")
+        if self.solver:
+            details.append(self.solver)
+        if self.epsilon is not None:
+            details.append(f"eps {self.epsilon:g}")
+        name = f"{self.model} {self.metric}" + (f"[{', '.join(details)}]" if details else "")
+        if self.over == "mean":
+            name = f"mean {name}"
+        if self.min is not None and self.max is not None:
+            return f"{name} in [{self.min:g}, {self.max:g}]"
+        if self.min is not None:
+            return f"{name} >= {self.min:g}"
+        return f"{name} <= {self.max:g}"
+
+    def holds(self, value: float) -> bool:
+        if math.isnan(value):
+            return False
+        return (self.min is None or value >= self.min) and (self.max is None or value <= self.max)
+
+
+@dataclasses.dataclass(frozen=True)
+class Violation:
+    """A bound that does not hold: what was measured, per trial seed."""
+
+    bound: Bound
+    measured: dict  # trial seed -> value (an empty dict: nothing measured)
+
+    def describe(self) -> str:
+        if not self.measured:
+            return f"{self.bound.describe()}: not measured"
+        values = ", ".join(f"seed {seed}: {value:.4g}" for seed, value in self.measured.items())
+        mean = sum(self.measured.values()) / len(self.measured)
+        return (f"{self.bound.describe()}: measured mean {mean:.4g} over "
+                f"{len(self.measured)} trial(s) ({values})")
+
+
+@dataclasses.dataclass(frozen=True)
+class GateReport:
+    """The gate's verdict: checked bounds, violations, and bounds skipped (network not run)."""
+
+    checked: tuple[Bound, ...]
+    violations: tuple[Violation, ...]
+    skipped: tuple[Bound, ...]
+    baselines: tuple[str, ...]
+
+    @property
+    def passed(self) -> bool:
+        return not self.violations
+
+    def describe(self) -> str:
+        lines = [f"regression gate: {len(self.checked)} bound(s) from "
+                 f"{', '.join(self.baselines)}: "
+                 + ("all hold" if self.passed else f"{len(self.violations)} violated")]
+        lines += [f"  VIOLATED {violation.describe()}" for violation in self.violations]
+        lines += [f"  skipped {bound.describe()} (network not in these results)"
+                  for bound in self.skipped]
+        return "\n".join(lines)
+
+
+# --- measurements ---------------------------------------------------------------------------
+
+def measurements(run_rows: Iterable[dict], pair_rows: Iterable[dict],
+                 sharpness_rows: Iterable[dict]) -> dict:
+    """Per-trial metric values: ``{(model, dataset): {metric_key: {seed: value}}}``.
+
+    ``metric_key`` is ``(metric, regime, subspace, subspace_dim, solver, epsilon)`` with None
+    where a part does not apply.
+    """
+    runs = {row["run_id"]: row for row in run_rows}
+    values = collections.defaultdict(lambda: collections.defaultdict(dict))
+    regime_of_run = {}
+    for pair in pair_rows:
+        network, seed = (pair["model"], pair["dataset"]), int(pair["seed"])
+        table = values[network]
+        for regime in ("SB", "LB"):
+            run_id = pair[f"{regime.lower()}_run_id"]
+            regime_of_run[run_id] = (network, seed)
+            for split in ("train", "test"):
+                accuracy = 100 * float(runs[run_id][f"{split}_accuracy"])
+                table[(f"{split}_accuracy", regime, None, None, None, None)][seed] = accuracy
+        table[("test_gap", None, None, None, None, None)][seed] = float(pair["test_gap_pp"])
+        table[("distance_ratio", None, None, None, None, None)][seed] = float(
+            pair["distance_ratio"])
+    for row in sharpness_rows:
+        if row["run_id"] not in regime_of_run:
+            continue
+        network, seed = regime_of_run[row["run_id"]]
+        dim = int(row["subspace_dim"]) if row["subspace_dim"] else None
+        key = ("sharpness", row["regime"], row["subspace"], dim, row["solver"],
+               float(row["epsilon"]))
+        values[network][key][seed] = float(row["sharpness"])
+    for table in values.values():
+        for key in [k for k in table if k[0] == "sharpness" and k[1] == "SB"]:
+            lb = table.get(("sharpness", "LB", *key[2:]), {})
+            sb = table[key]
+            table[("sharpness_ratio", None, *key[2:])] = {
+                seed: (lb[seed] / sb[seed] if sb[seed] > 0 else math.inf)
+                for seed in sb if seed in lb}
+    return values
+
+
+def _matching_values(bound: Bound, table: dict) -> dict:
+    for (metric, regime, subspace, dim, solver, epsilon), per_seed in table.items():
+        if metric != bound.metric or regime != bound.regime or subspace != bound.subspace:
+            continue
+        if bound.subspace_dim is not None and dim != bound.subspace_dim:
+            continue
+        if solver != bound.solver:
+            continue
+        if bound.epsilon is not None and not math.isclose(epsilon, bound.epsilon):
+            continue
+        return per_seed
+    return {}
+
+
+def check(baseline_path: str, run_rows: list[dict], pair_rows: list[dict],
+          sharpness_rows: list[dict], setup: dict) -> GateReport:
+    """Checks the results against every bound of the baselines in ``baseline_path`` whose
+    setup matches ``setup`` (keys ``SETUP_KEYS``)."""
+    baselines = [b for b in load_baselines(baseline_path) if _setup_matches(b["setup"], setup)]
+    if not baselines:
+        described = ", ".join(f"{key}={setup.get(key)!r}" for key in SETUP_KEYS)
+        raise GateError(
+            f"no baseline in {baseline_path} matches this setup ({described}): add one for it, "
+            "e.g. derived from these results with --write_baseline")
+    table = measurements(run_rows, pair_rows, sharpness_rows)
+    checked, violations, skipped = [], [], []
+    for baseline in baselines:
+        for bound in baseline["bounds"]:
+            networks = [n for n in table if n[0] == bound.model
+                        and (bound.dataset is None or n[1] == bound.dataset)]
+            if not networks:
+                skipped.append(bound)
+                continue
+            checked.append(bound)
+            for network in networks:
+                per_seed = _matching_values(bound, table[network])
+                if not per_seed:
+                    violations.append(Violation(bound, {}))
+                    continue
+                if bound.over == "mean":
+                    ok = bound.holds(sum(per_seed.values()) / len(per_seed))
+                else:
+                    ok = all(bound.holds(value) for value in per_seed.values())
+                if not ok:
+                    violations.append(Violation(bound, dict(sorted(per_seed.items()))))
+    return GateReport(tuple(checked), tuple(violations), tuple(skipped),
+                      tuple(b["name"] for b in baselines))
+
+
+def _setup_matches(expected: dict, measured: dict) -> bool:
+    for key, want in expected.items():
+        have = str(measured.get(key, ""))
+        want = str(want)
+        if have != want and not any(have.startswith(want + sep) for sep in (":", ".", " ")):
+            return False
+    return True
+
+
+# --- baseline files ---------------------------------------------------------------------------
+
+def _bound_from_json(item, where: str) -> Bound:
+    if not isinstance(item, dict):
+        raise GateError(f"{where} must be a JSON object, got {item!r}")
+    unknown = set(item) - _BOUND_KEYS
+    if unknown:
+        raise GateError(f"{where} has unknown key(s) {sorted(unknown)}: allowed are "
+                        f"{sorted(_BOUND_KEYS)}")
+    if "model" not in item or "metric" not in item:
+        raise GateError(f"{where} needs 'model' and 'metric'")
+    metric = item["metric"]
+    if metric not in METRICS:
+        raise GateError(f"{where} has unknown metric {metric!r}: choose one of "
+                        f"{', '.join(METRICS)}")
+    if metric in _NEEDS_REGIME and item.get("regime") not in ("SB", "LB"):
+        raise GateError(f"{where}: metric {metric} needs 'regime' 'SB' or 'LB'")
+    if metric in _NEEDS_SPACE:
+        if item.get("subspace") not in ("full", "random"):
+            raise GateError(f"{where}: metric {metric} needs 'subspace' 'full' or 'random'")
+        if "solver" not in item or "epsilon" not in item:
+            raise GateError(f"{where}: metric {metric} needs 'solver' and 'epsilon'")
+    low, high = item.get("min"), item.get("max")
+    for name, value in (("min", low), ("max", high)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise GateError(f"{where}: {name} must be a number, got {value!r}")
+    if low is None and high is None:
+        raise GateError(f"{where} needs 'min', 'max' or both")
+    if low is not None and high is not None and low > high:
+        raise GateError(f"{where}: min {low} is larger than max {high}")
+    over = item.get("over", "each")
+    if over not in ("each", "mean"):
+        raise GateError(f"{where}: 'over' must be 'each' or 'mean', got {over!r}")
+    return Bound(model=item["model"], metric=metric, min=low, max=high, over=over,
+                 dataset=item.get("dataset"), regime=item.get("regime"),
+                 subspace=item.get("subspace"), subspace_dim=item.get("subspace_dim"),
+                 solver=item.get("solver"), epsilon=item.get("epsilon"))
+
+
+def load_baselines(path: str) -> list[dict]:
+    """The baselines of a file as ``{"name", "setup", "bounds": [Bound]}`` dicts.
+
+    Raises:
+      GateError: missing file, invalid JSON or a malformed entry (named with its position).
+    """
+    try:
+        with open(path, encoding="utf-8") as handle:
+            document = json.load(handle)
+    except FileNotFoundError as error:
+        raise GateError(f"baseline file {path} does not exist: pass an existing --baseline, "
+                        "or create one with --write_baseline") from error
+    except json.JSONDecodeError as error:
+        raise GateError(f"baseline file {path} is not valid JSON ({error}): fix the file "
+                        "or write it anew with --write_baseline") from error
+    if not isinstance(document, dict) or document.get("format") != FORMAT:
+        raise GateError(f"baseline file {path} lacks \"format\": \"{FORMAT}\": it is not a "
+                        "baseline of this version; write one with --write_baseline")
+    entries = document.get("baselines")
+    if not isinstance(entries, list) or not entries:
+        raise GateError(f"baseline file {path} has no \"baselines\" list")
+    loaded = []
+    for index, entry in enumerate(entries):
+        where = f"{path}: baselines[{index}]"
+        if not isinstance(entry, dict) or not isinstance(entry.get("bounds"), list) \
+                or not isinstance(entry.get("setup", {}), dict):
+            raise GateError(f"{where} must be an object with a \"bounds\" list and a "
+                            "\"setup\" object")
+        unknown = set(entry.get("setup", {})) - set(SETUP_KEYS)
+        if unknown:
+            raise GateError(f"{where}: unknown setup key(s) {sorted(unknown)}: allowed are "
+                            f"{', '.join(SETUP_KEYS)}")
+        bounds = [_bound_from_json(item, f"{where}.bounds[{i}]")
+                  for i, item in enumerate(entry["bounds"])]
+        loaded.append({"name": entry.get("name", f"baselines[{index}]"),
+                       "setup": entry.get("setup", {}), "bounds": bounds})
+    return loaded
+
+
+def derive_baseline(run_rows: list[dict], pair_rows: list[dict], sharpness_rows: list[dict],
+                    setup: dict, *, name: str, accuracy_tolerance: float = 2.0,
+                    ratio_tolerance: float = 2.0) -> dict:
+    """A baseline entry whose bounds the given results satisfy with stated tolerances.
+
+    Accuracies (train, test, per regime) get a lower bound ``accuracy_tolerance`` percentage
+    points below the worst trial; the SB - LB test gap a band ``accuracy_tolerance`` around
+    the trials' range; ratios (sharpness LB/SB, distance) a lower bound ``ratio_tolerance``
+    times below the smallest trial. Raw sharpness values get no bound: they vary too much
+    across solvers and setups to gate on.
+    """
+    if accuracy_tolerance < 0 or ratio_tolerance < 1:
+        raise GateError("tolerances: accuracy_tolerance must be >= 0 and ratio_tolerance >= 1")
+    bounds = []
+    table = measurements(run_rows, pair_rows, sharpness_rows)
+    if not table:
+        raise GateError("no finished SB/LB pair in these results to derive a baseline from: "
+                        "run the gap benchmark first")
+    for (model, dataset), metrics in sorted(table.items()):
+        for (metric, regime, subspace, dim, solver, epsilon), per_seed in sorted(
+                metrics.items(), key=lambda item: str(item[0])):
+            if not per_seed or metric == "sharpness":
+                continue
+            worst, best = min(per_seed.values()), max(per_seed.values())
+            bound = {"model": model, "dataset": dataset, "metric": metric}
+            if regime:
+                bound["regime"] = regime
+            if subspace:
+                bound.update(subspace=subspace, solver=solver, epsilon=epsilon)
+                if dim:
+                    bound["subspace_dim"] = dim
+            if metric.endswith("accuracy"):
+                bound["min"] = round(worst - accuracy_tolerance, 2)
+            elif metric == "test_gap":
+                bound.update(min=round(worst - accuracy_tolerance, 2),
+                             max=round(best + accuracy_tolerance, 2))
+            else:
+                bound["min"] = round(worst / ratio_tolerance, 3)
+            bounds.append(bound)
+    return {"name": name, "setup": {key: setup[key] for key in SETUP_KEYS if setup.get(key)},
+            "bounds": bounds}
+
+
+def write_baseline(path: str, entry: dict) -> None:
+    """Adds ``entry`` to the baseline file ``path`` (created if missing), replacing an entry
+    of the same name and setup; the file is replaced atomically."""
+    document = {"format": FORMAT, "baselines": []}
+    if os.path.exists(path):
+        load_baselines(path)  # Refuse to extend a malformed file.
+        with open(path, encoding="utf-8") as handle:
+            document = json.load(handle)
+    document["baselines"] = [
+        b for b in document["baselines"]
+        if (b.get("name"), b.get("setup")) != (entry["name"], entry["setup"])] + [entry]
+    write_text_atomic(path, json.dumps(document, indent=2) + "\n")
+
+
+def setup_of(run_rows: list[dict]) -> dict:
+    """The setup (``SETUP_KEYS``) the runs were measured on; several setups are an error."""
+    setups = {tuple(row.get(key, "") for key in SETUP_KEYS) for row in run_rows}
+    if len(setups) != 1:
+        raise GateError(
+            f"the results mix {len(setups)} setups {sorted(setups)}: gate each setup's "
+            "results from its own --output_dir")
+    return dict(zip(SETUP_KEYS, setups.pop(), strict=True))
+

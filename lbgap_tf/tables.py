@@ -1,0 +1,134 @@
+"""Paper-shaped tables (Tables 2-4) derived from run rows, never edited by hand.
+
+Inputs are the rows of ``runs.csv`` (one per trained run), ``pairs.csv`` (one per SB/LB pair
+of a trial) and ``sharpness.csv`` (one per sharpness measurement) as read by
+``results.read_rows``. Every table cell is a mean and a sample standard deviation over trials
+(``results.mean_std``) in separate numeric columns, plus a formatted "mean ± std" column, so a
+table loads in pandas without parsing.
+
+Table 2 rows are networks (with their data set); its columns are train/test accuracy in percent
+for SB and LB, the SB - LB test-accuracy gap and the distance ratio
+||x_SB - x0|| / ||x_LB - x0||. Tables 3 (full space) and 4 (random subspace) have one row per
+network and solver; columns are the sharpness of SB and LB at each epsilon, and the LB/SB ratio.
+"""
+
+from __future__ import annotations
+
+import collections
+import csv
+import io
+import math
+import os
+import tempfile
+from collections.abc import Iterable, Sequence
+
+from lbgap_tf import results
+
+REGIMES = ("SB", "LB")
+
+
+def _digits(mean: float) -> int:
+    """Two decimals, or more for values below 1 so that small sharpness values stay readable
+    (0.0113 -> 4 decimals: "0.0113")."""
+    if mean == 0 or abs(mean) >= 1 or not math.isfinite(mean):
+        return 2
+    return min(8, 2 - math.floor(math.log10(abs(mean))))
+
+
+def _cells(prefix: str, values: Sequence[float], digits: int | None = None) -> dict:
+    """``prefix_mean``, ``prefix_std`` and the formatted ``prefix`` cell; ``digits`` None
+    adapts the decimals to the mean's magnitude."""
+    if not values:
+        return {f"{prefix}_mean": None, f"{prefix}_std": None, prefix: ""}
+    mean, std = results.mean_std(values)
+    return {f"{prefix}_mean": mean, f"{prefix}_std": std,
+            prefix: results.format_mean_std(mean, std, _digits(mean) if digits is None
+                                            else digits)}
+
+
+def _network_key(row: dict) -> tuple[str, str]:
+    return row["model"], row["dataset"]
+
+
+def table2(run_rows: Iterable[dict], pair_rows: Iterable[dict]) -> list[dict]:
+    """Accuracy (%) of SB and LB per network, mean ± std over the trials.
+
+    Columns: model, dataset, trials, ``{train,test}_{SB,LB}`` (each with ``_mean``/``_std``),
+    ``test_gap`` (SB - LB test accuracy in percentage points, paired per trial: positive
+    means SB generalises better, as in the paper) and ``distance_ratio``.
+    """
+    runs = {row["run_id"]: row for row in run_rows}
+    pairs = collections.defaultdict(list)
+    for pair in pair_rows:
+        pairs[_network_key(pair)].append(pair)
+    table = []
+    for (model, dataset), trials in sorted(pairs.items()):
+        row = {"model": model, "dataset": dataset, "trials": len(trials)}
+        for split in ("train", "test"):
+            for regime in REGIMES:
+                values = [100 * float(runs[pair[f"{regime.lower()}_run_id"]][f"{split}_accuracy"])
+                          for pair in trials]
+                row.update(_cells(f"{split}_{regime}", values, 2))
+        row.update(_cells("test_gap", [float(pair["test_gap_pp"]) for pair in trials], 2))
+        row.update(_cells("distance_ratio", [float(pair["distance_ratio"]) for pair in trials],
+                          2))
+        table.append(row)
+    return table
+
+
+def sharpness_table(sharpness_rows: Iterable[dict], *, subspace: str) -> list[dict]:
+    """Sharpness of SB and LB per network and solver in one kind of space.
+
+    ``subspace`` is "full" (Table 3) or "random" (Table 4). Columns: model, dataset, solver,
+    subspace_dim, trials, then for each epsilon ``eps{eps:g}_{SB,LB}`` (mean/std/formatted)
+    and ``eps{eps:g}_ratio``: LB/SB, the ratio of trial means (blank when SB's mean is 0).
+    """
+    groups = collections.defaultdict(lambda: collections.defaultdict(list))
+    for row in sharpness_rows:
+        if row["subspace"] != subspace:
+            continue
+        key = (row["model"], row["dataset"], row["solver"], row["subspace_dim"])
+        groups[key][(float(row["epsilon"]), row["regime"])].append(float(row["sharpness"]))
+    table = []
+    for (model, dataset, solver, dim), cells in sorted(groups.items()):
+        epsilons = sorted({eps for eps, _ in cells}, reverse=True)
+        trials = max(len(values) for values in cells.values())
+        row = {"model": model, "dataset": dataset, "solver": solver, "subspace_dim": dim,
+               "trials": trials}
+        for eps in epsilons:
+            for regime in REGIMES:
+                row.update(_cells(f"eps{eps:g}_{regime}", cells.get((eps, regime), [])))
+            sb, lb = row[f"eps{eps:g}_SB_mean"], row[f"eps{eps:g}_LB_mean"]
+            row[f"eps{eps:g}_ratio"] = lb / sb if sb and lb is not None else None
+        table.append(row)
+    return table
+
+
+def write_table(path: str | os.PathLike, rows: Sequence[dict]) -> None:
+    """Writes ``rows`` as a CSV table, replacing ``path`` atomically (temp file + rename).
+
+    A derived table is rebuilt from the run rows on every run, so replacing it loses nothing.
+    The columns are the union of the rows' keys in first-seen order.
+    """
+    columns: list[str] = []
+    for row in rows:
+        columns.extend(key for key in row if key not in columns)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({key: "" if value is None else value for key, value in row.items()})
+    write_text_atomic(path, buffer.getvalue())
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """Replaces ``path`` with ``text`` atomically: a crash leaves the old file or the new one."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=directory, suffix=".tmp", delete=False,
+                                     encoding="utf-8", newline="") as out:
+        out.write(text)
+        out.flush()
+        os.fsync(out.fileno())
+    os.chmod(out.name, 0o644)
+    os.replace(out.name, path)

@@ -1,0 +1,184 @@
+"""The generalization-gap experiment end to end on a tiny synthetic task, its resume, and the
+binary's gate exit codes."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from lbgap_tf import data, gap, results, sharpness, train
+
+SPEC = data.SyntheticSpec(num_train=256, num_test=64, input_shape=(16,), num_classes=4,
+                          seed=0)
+RUN_COLUMNS = set(train.RUN_COLUMNS)
+
+
+def _config(trials=1, subspace_dims=(None, 5), solvers=("lbfgsb", "ascent")):
+    shared = dict(model="F1", dataset="synthetic", synthetic=SPEC, epochs=1,
+                  eval_batch_size=256, steps_per_call=4)
+    return gap.GapConfig(
+        models=("F1",), trials=trials, first_seed=3,
+        sb=train.TrainConfig(regime="SB", batch_size=64, **shared),
+        lb=train.TrainConfig(regime="LB", batch_size=128, **shared),
+        sharpness=gap.SharpnessPlan(epsilons=(1e-3,), subspace_dims=subspace_dims,
+                                    solvers=solvers, max_iter=2,
+                                    eval_examples=128, eval_batch_size=128))
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    output_dir = str(tmp_path_factory.mktemp("gap"))
+    return output_dir, gap.run(_config(), output_dir=output_dir, quiet=True)
+
+
+def _csv(path):
+    with open(path, newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_every_csv_with_its_columns(finished):
+    output_dir, outcome = finished
+    runs = _csv(os.path.join(output_dir, gap.RUNS_FILE))
+    assert [row["regime"] for row in runs] == ["SB", "LB"]
+    assert set(runs[0]) >= RUN_COLUMNS
+    assert {row["benchmark"] for row in runs} == {"gap"}
+    [pair] = _csv(os.path.join(output_dir, gap.PAIRS_FILE))
+    assert list(pair) == list(gap.PAIR_COLUMNS)
+    measured = _csv(os.path.join(output_dir, gap.SHARPNESS_FILE))
+    assert len(measured) == 2 * 2 * 2  # Regimes x spaces x solvers, one epsilon.
+    assert {row["subspace"] for row in measured} == {"full", "random"}
+    assert {row["eval_examples"] for row in measured} == {"128"}
+    assert all(float(row["sharpness"]) >= 0 for row in measured)
+    table2 = _csv(os.path.join(output_dir, "table2.csv"))
+    assert [row["model"] for row in table2] == ["F1"]
+    for column in ("train_SB_mean", "test_LB_std", "test_gap", "distance_ratio"):
+        assert column in table2[0]
+    table3 = _csv(os.path.join(output_dir, "table3.csv"))
+    assert sorted(row["solver"] for row in table3) == ["ascent", "lbfgsb"]
+    assert "eps0.001_ratio" in table3[0]
+    table4 = _csv(os.path.join(output_dir, "table4.csv"))
+    assert {row["subspace_dim"] for row in table4} == {"5"}
+    assert len(outcome.sharpness_rows) == 8
+
+
+def test_pair_row_matches_an_independent_distance(finished):
+    output_dir, outcome = finished
+    [pair] = outcome.pair_rows
+    sb_dir = os.path.join(output_dir, "runs", pair["sb_run_id"])
+    lb_dir = os.path.join(output_dir, "runs", pair["lb_run_id"])
+    x0 = train.load_x0(os.path.join(sb_dir, train.X0_FILE))
+    np.testing.assert_array_equal(  # LB started from SB's x0.
+        np.concatenate([a.ravel() for a in x0]),
+        np.concatenate([a.ravel() for a in train.load_x0(os.path.join(lb_dir, train.X0_FILE))]))
+    import keras
+
+    distances = []
+    for run_dir in (sb_dir, lb_dir):
+        model = keras.models.load_model(os.path.join(run_dir, train.MODEL_FILE), compile=False)
+        distances.append(np.sqrt(sum(
+            np.sum((np.asarray(w) - start) ** 2)
+            for w, start in zip(model.weights, x0, strict=True) if w.trainable)))
+    assert float(pair["sb_distance"]) == pytest.approx(distances[0], rel=1e-6)
+    assert float(pair["distance_ratio"]) == pytest.approx(distances[0] / distances[1], rel=1e-6)
+    runs = {row["run_id"]: row for row in outcome.run_rows}
+    expected_gap = 100 * (float(runs[pair["sb_run_id"]]["test_accuracy"])
+                          - float(runs[pair["lb_run_id"]]["test_accuracy"]))
+    assert float(pair["test_gap_pp"]) == pytest.approx(expected_gap)
+
+
+def test_rerun_repeats_no_finished_stage(finished, monkeypatch):
+    output_dir, outcome = finished
+    before = {name: _csv(os.path.join(output_dir, name))
+              for name in (gap.RUNS_FILE, gap.PAIRS_FILE, gap.SHARPNESS_FILE)}
+
+    def fail(*args, **kwargs):
+        raise AssertionError("a finished stage ran again")
+
+    monkeypatch.setattr(train, "train", fail)
+    monkeypatch.setattr(sharpness.SharpnessProblem, "measure", fail)
+    again = gap.run(_config(), output_dir=output_dir, quiet=True)
+    for name, rows in before.items():
+        assert _csv(os.path.join(output_dir, name)) == rows
+    assert again.table2 == outcome.table2
+
+
+def test_crash_between_stages_resumes_without_repeating(tmp_path, monkeypatch):
+    output_dir = str(tmp_path)
+    config = _config(subspace_dims=(None,), solvers=("lbfgsb",))
+    real_measure = sharpness.SharpnessProblem.measure
+    calls = {"measure": 0, "train": 0}
+
+    def crash_on_second_measurement(self, *args, **kwargs):
+        calls["measure"] += 1
+        if calls["measure"] == 2:
+            raise KeyboardInterrupt("killed")
+        return real_measure(self, *args, **kwargs)
+
+    monkeypatch.setattr(sharpness.SharpnessProblem, "measure", crash_on_second_measurement)
+    with pytest.raises(KeyboardInterrupt):
+        gap.run(config, output_dir=output_dir, quiet=True)
+    assert len(results.read_rows(os.path.join(output_dir, gap.SHARPNESS_FILE))) == 1
+
+    real_train = train.train
+
+    def counting_train(*args, **kwargs):
+        calls["train"] += 1
+        return real_train(*args, **kwargs)
+
+    monkeypatch.setattr(sharpness.SharpnessProblem, "measure", real_measure)
+    monkeypatch.setattr(train, "train", counting_train)
+    calls["measure"] = 0
+    gap.run(config, output_dir=output_dir, quiet=True)
+    assert calls["train"] == 0  # Both runs had finished before the crash.
+    assert calls["measure"] == 1  # Only LB's measurement was left.
+    measured = results.read_rows(os.path.join(output_dir, gap.SHARPNESS_FILE))
+    assert len(measured) == 2
+    keys = [tuple(row[c] for c in ("run_id", "subspace", "solver")) for row in measured]
+    assert len(set(keys)) == len(keys)
+
+
+def _binary(*args, cwd):
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=repo, TF_CPP_MIN_LOG_LEVEL="2")
+    return subprocess.run(
+        [sys.executable, "-m", "benchmarks.gap", "--models=F1", "--dataset=synthetic",
+         "--synthetic_train_examples=256", "--synthetic_test_examples=64", "--trials=1",
+         "--sb_batch_size=64", "--lb_batch_size=128", "--sb_epochs=1", "--lb_epochs=1",
+         "--epsilons=1e-3", "--subspace_dims=full", "--solvers=lbfgsb",
+         "--sharpness_max_iter=2", "--sharpness_examples=128", "--sharpness_batch_size=128",
+         "--eval_batch_size=256", "--quiet", f"--output_dir={cwd}/out", *args],
+        cwd=repo, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_binary_writes_a_baseline_passes_it_and_fails_a_tightened_one(tmp_path):
+    baseline = tmp_path / "baseline.json"
+    first = _binary(f"--write_baseline={baseline}", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert "## Table 2" in first.stdout
+    assert os.path.exists(tmp_path / "out" / "summary.md")
+    passed = _binary(f"--baseline={baseline}", cwd=tmp_path)
+    assert passed.returncode == 0, passed.stderr[-2000:]
+    assert "all hold" in passed.stdout
+
+    document = json.loads(baseline.read_text())
+    bounds = document["baselines"][0]["bounds"]
+    accuracy = next(b for b in bounds if b["metric"] == "test_accuracy")
+    accuracy["min"] = 101.0
+    baseline.write_text(json.dumps(document))
+    failed = _binary(f"--baseline={baseline}", cwd=tmp_path)
+    assert failed.returncode == 1
+    assert "VIOLATED F1 test_accuracy" in failed.stdout
+    assert ">= 101" in failed.stdout
+
+
+def test_binary_rejects_a_malformed_baseline_before_training(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text("{")
+    result = _binary(f"--baseline={bad}", cwd=tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1].startswith("gap.py: error: baseline file")
+    assert not os.path.exists(tmp_path / "out" / gap.RUNS_FILE)
