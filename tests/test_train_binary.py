@@ -203,3 +203,34 @@ def test_two_workers_report_the_losses_of_one_device(tmp_path):
     np.testing.assert_allclose([float(r["train_loss"]) for r in history],
                                [r["train_loss"] for r in one.history], rtol=1e-5)
     assert float(row["test_loss"]) == pytest.approx(one.test.loss, rel=1e-4)
+
+
+_PRESET_DRIVER = """
+import glob, json, sys
+from absl import flags
+from benchmarks import common, train as binary  # noqa: F401 (defines the flags)
+report = {}
+for path in sorted(glob.glob("flags/train_*.flags") + glob.glob("flags/cpu/train_*.flags")):
+    flags.FLAGS.unparse_flags()
+    common.parse_flags(["train.py", f"--flagfile={path}"])
+    config = common.train_config()
+    report[path] = [config.model, config.dataset, config.regime, config.batch_size,
+                    config.bn_mode, config.epochs]
+print(json.dumps(report))
+"""
+
+
+def test_every_train_preset_parses_into_its_config():
+    done = subprocess.run([sys.executable, "-c", _PRESET_DRIVER], cwd=REPO, env=_env(),
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    paper = {"F1": "mnist", "F2": "timit", "C1": "cifar10", "C2": "cifar10", "C3": "cifar100",
+             "C4": "cifar100"}
+    for model, dataset in paper.items():
+        for regime in ("sb", "lb"):
+            name, ds, label, batch, bn_mode, _ = report[f"flags/train_{model}_{regime}.flags"]
+            assert (name, ds, label, bn_mode) == (model, dataset, regime.upper(), "batch")
+            assert batch == (256 if regime == "sb" else None)  # LB: 10% of the data.
+    assert report["flags/cpu/train_F1_fmnist_sb.flags"][:4] == ["F1", "fashion_mnist", "SB", 256]
+    assert report["flags/cpu/train_F1_fmnist_lb.flags"][:4] == ["F1", "fashion_mnist", "LB", None]

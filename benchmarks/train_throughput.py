@@ -1,0 +1,137 @@
+"""Training throughput: ``lbgap_tf.train``'s loop against plain ``keras.Model.fit``.
+
+    python -m benchmarks.train_throughput --model=F1 --dataset=fashion_mnist
+    python -m benchmarks.train_throughput --model=F1 --dataset=fashion_mnist \\
+        --strategy=mirrored --cpu_devices=2 --methods=train
+
+For each regime (SB 256 and LB = --lb_fraction of the training set) and each method, the
+same model on the same in-memory arrays trains ``--timed_epochs`` epochs after one untimed
+warm-up epoch (tracing, compilation); the examples/s of each timed epoch are reported as
+mean ± standard deviation, with the startup time apart. Methods:
+
+- ``fit``: ``model.fit`` with Keras defaults (shuffle, one step per call);
+- ``fit_spe10``: ``model.fit`` with ``steps_per_execution=10``;
+- ``fit_jit``: ``model.fit`` with ``jit_compile=True``;
+- ``train``: ``lbgap_tf.train.train`` under ``--strategy`` (what ``benchmarks.train`` runs).
+
+Both count full batches only (``fit`` also runs the last partial batch; its examples are
+counted). One row per (regime, method) goes to ``<output_dir>/throughput.csv``, and the
+process's peak resident memory (``getrusage``, cumulative over the methods run so far) is
+recorded with it; run one method per process to compare memory.
+"""
+
+import dataclasses
+import os
+import resource
+import tempfile
+import time
+
+import keras
+from absl import flags, logging
+
+from benchmarks import common
+from lbgap_tf import distribute, models, results, train
+
+FLAGS = flags.FLAGS
+METHODS = ("fit", "fit_spe10", "fit_jit", "train")
+
+common.define_model_data_flags()
+common.define_distribution_flags()
+common.define_output_flags()
+flags.DEFINE_list("methods", ["fit", "fit_spe10", "train"], f"Subset of {', '.join(METHODS)}.")
+flags.DEFINE_list("regimes", ["SB", "LB"], "Regimes to measure (SB: 256, LB: --lb_fraction).")
+flags.DEFINE_float("lb_fraction", train.PAPER_LB_FRACTION, "LB batch fraction.")
+flags.DEFINE_integer("timed_epochs", 3, "Timed epochs per measurement (after one warm-up).")
+flags.DEFINE_integer("steps_per_call", 100, "Training steps per call of the train loop.")
+flags.register_validator(
+    "methods", lambda methods: set(methods) <= set(METHODS),
+    message=f"--methods takes a subset of {', '.join(METHODS)}")
+flags.register_validator("regimes", lambda regimes: set(regimes) <= set(train.REGIMES),
+                         message="--regimes takes a subset of SB, LB")
+flags.register_validator("timed_epochs", lambda n: n >= 2,
+                         message="--timed_epochs must be at least 2 (for a spread)")
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: kB.
+
+
+def _fit_rates(method, config, train_data, batch_size):
+    """Epoch rates of plain ``model.fit`` on the same arrays, and its startup time."""
+    keras.utils.set_random_seed(config.seed)
+    began = time.perf_counter()
+    model = models.build(config.model, input_shape=train_data.info.input_shape,
+                         num_classes=train_data.info.num_classes)
+    model.compile(optimizer=keras.optimizers.Adam(config.learning_rate),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  metrics=["accuracy"], steps_per_execution=10 if method == "fit_spe10" else 1,
+                  jit_compile=method == "fit_jit")
+    x, y = train_data.features, train_data.labels
+
+    def epoch():
+        start = time.perf_counter()
+        model.fit(x, y, batch_size=batch_size, epochs=1, shuffle=True, verbose=0)
+        return len(x) / (time.perf_counter() - start)
+
+    epoch()
+    startup = time.perf_counter() - began
+    return [epoch() for _ in range(FLAGS.timed_epochs)], startup
+
+
+def _train_rates(config, train_data, test_data, strategy):
+    """Epoch rates of ``lbgap_tf.train`` (its first epoch is the warm-up), and startup."""
+    with tempfile.TemporaryDirectory() as run_dir:
+        result = train.train(config, train_data, test_data, run_dir=run_dir,
+                             strategy=strategy, quiet=True)
+    rates = [row["examples_per_s"] for row in result.history[1:]]
+    startup = result.startup_s + result.history[0]["epoch_time_s"]
+    return rates, startup
+
+
+def main(argv):
+    del argv
+    strategy = common.strategy()
+    description = distribute.describe(strategy)
+    base = train.TrainConfig(
+        model=FLAGS.model, dataset=FLAGS.dataset, synthetic=common.synthetic_spec(),
+        seed=FLAGS.seed, epochs=FLAGS.timed_epochs + 1, lb_fraction=FLAGS.lb_fraction,
+        steps_per_call=FLAGS.steps_per_call, precision=FLAGS.precision,
+        jit_compile=FLAGS.jit_compile, deterministic=False)
+    train_data, test_data = train.load_data(base, **common.data_dirs())
+    provenance = results.provenance(strategy)
+    for regime in FLAGS.regimes:
+        config = train.resolve(dataclasses.replace(base, regime=regime),
+                               train_data.info.num_examples, strategy.num_replicas_in_sync)
+        for method in FLAGS.methods:
+            load = os.getloadavg()[0]
+            if method == "train":
+                rates, startup = _train_rates(config, train_data, test_data, strategy)
+                replicas = description["replicas"]
+            else:
+                rates, startup = _fit_rates(method, config, train_data, config.batch_size)
+                replicas = 1
+            mean, std = results.mean_std(rates)
+            row = {
+                "model": config.model, "dataset": config.dataset, "regime": regime,
+                "global_batch_size": config.batch_size, "method": method,
+                "strategy": description["strategy"] if method == "train" else "default",
+                "replicas": replicas, "examples_per_s_mean": round(mean, 1),
+                "examples_per_s_std": round(std, 1), "timed_epochs": len(rates),
+                "startup_s": round(startup, 2), "peak_rss_mb": round(_peak_rss_mb(), 1),
+                "load_average_1min": round(load, 2), "precision": config.precision,
+                "jit": config.jit_compile if method == "train" else method == "fit_jit",
+                "device_kind": description["device_kind"],
+                "tf_version": provenance["tf_version"],
+                "keras_version": provenance["keras_version"],
+                "git_revision": provenance["git_revision"],
+                "nondefault_flags": common.nondefault_flags(),
+            }
+            results.append_row(os.path.join(FLAGS.output_dir, "throughput.csv"), row)
+            logging.info("%s", row)
+            print(f"{config.model} {regime} (batch {config.batch_size}) {method:>9} "
+                  f"x{replicas}: {mean:8.0f} ± {std:6.0f} examples/s, startup {startup:5.1f} s, "
+                  f"peak RSS {_peak_rss_mb():6.0f} MB (load {load:.2f})", flush=True)
+
+
+if __name__ == "__main__":
+    common.run(main)
