@@ -1,0 +1,255 @@
+"""Measures the sharpness (Metric 2.1) of trained runs and appends rows to sharpness.csv.
+
+    python -m benchmarks.sharpness --flagfile=flags/table3_sharpness.flags --output_dir=results/
+    python -m benchmarks.sharpness --runs=F1-fashion_mnist-LB-b6000-s0-0123456789ab \\
+        --subspace_dims=full,100 --solvers=lbfgsb,ascent --epsilons=1e-3,5e-4
+
+Runs come from ``benchmarks.train``: ``--runs`` names run ids (``<output_dir>/runs/<id>/``) or
+run directories; without it every completed run of ``<output_dir>/runs.csv`` is measured. For
+each run, space (``full`` or a random subspace dimension p), solver and epsilon, the final
+model (``model.keras``) is evaluated on the run's training set (or a fixed subset of
+``--eval_examples``, drawn from ``--seed``, which also draws the random subspaces) and one row
+goes to ``<output_dir>/sharpness.csv`` with the run's provenance. Measurements already in that
+file (same run, space, seed, epsilon, solver, iterations and evaluation data) are skipped, so
+a rerun resumes. Every run, data set and setting is checked before the first measurement: bad
+input ends in one stderr line and no row.
+"""
+
+import dataclasses
+import json
+import math
+import os
+
+import keras
+from absl import flags, logging
+
+from benchmarks import common
+from lbgap_tf import data, distribute, models, results, sharpness, sharpness_rows, train
+
+FLAGS = flags.FLAGS
+RUNS_FILE = "runs.csv"
+SHARPNESS_FILE = "sharpness.csv"
+BENCHMARK = "sharpness"
+FULL = "full"
+
+
+def _is_float_above_zero(text: str) -> bool:
+    try:
+        value = float(text)
+    except ValueError:
+        return False
+    return math.isfinite(value) and value > 0
+
+
+def _is_space(text: str) -> bool:
+    return text == FULL or (text.isdigit() and int(text) >= 1)
+
+
+flags.DEFINE_list("runs", [], "Run ids under <output_dir>/runs/ or run directories written by "
+                  "benchmarks.train. Default: every completed run in <output_dir>/runs.csv.")
+flags.DEFINE_list("epsilons", ["1e-3", "5e-4"], "Box sizes eps (the paper: 1e-3, 5e-4).")
+flags.DEFINE_list("subspace_dims", [FULL], "Spaces: 'full' (Table 3) and/or random subspace "
+                  "dimensions p (Table 4: 100), e.g. full,100.")
+flags.DEFINE_list("solvers", list(sharpness.SOLVERS),
+                  "Maximisers: lbfgsb (the paper's L-BFGS-B, zero tolerances) and/or ascent "
+                  "(projected sign-gradient ascent in one tf.function).")
+flags.DEFINE_integer("max_iter", 10, "Solver iterations (the paper: 10 L-BFGS-B iterations).")
+flags.DEFINE_integer("eval_examples", None, "Evaluate f on a fixed subset of this many "
+                     "training examples (drawn from --seed). Default: the whole training set.")
+flags.DEFINE_integer("eval_batch_size", None, "GLOBAL evaluation batch of f (batch-statistics "
+                     "BN depends on it). Default: the run's own eval_batch_size (5000).")
+flags.DEFINE_string("data_dir", None, "Folder with local copies of the data files "
+                    "(see BUILD.md, 'Preparing data').")
+flags.DEFINE_string("tfds_data_dir", None, "TensorFlow Datasets data folder.")
+flags.DEFINE_enum("strategy", "default", distribute.STRATEGIES,
+                  "tf.distribute strategy of the evaluations: default (one device), one_device, "
+                  "mirrored (all GPUs, else all logical CPUs, see --cpu_devices), "
+                  "multi_worker_mirrored (cluster from TF_CONFIG), tpu (see --tpu_address).")
+flags.DEFINE_integer("cpu_devices", None, "Split the CPU into this many logical devices "
+                     "(replicas of --strategy=mirrored on a machine without GPUs).")
+flags.DEFINE_string("tpu_address", None, "TPU name or grpc://host:port; only with "
+                    "--strategy=tpu.")
+flags.DEFINE_string("output_dir", "results/", "Holds runs.csv and runs/ of benchmarks.train; "
+                    "receives sharpness.csv.")
+flags.DEFINE_integer("seed", 0, "Seed of the random subspaces and of the evaluation subset.")
+flags.DEFINE_bool("quiet", False, "Log warnings and errors only (for CI).")
+
+flags.register_validator("epsilons", lambda v: bool(v) and all(map(_is_float_above_zero, v)),
+                         message="--epsilons must be numbers > 0, e.g. 1e-3,5e-4")
+flags.register_validator("subspace_dims", lambda v: bool(v) and all(map(_is_space, v)),
+                         message="--subspace_dims must be 'full' and/or positive integers, "
+                                 "e.g. full,100")
+flags.register_validator("solvers", lambda v: bool(v) and set(v) <= set(sharpness.SOLVERS),
+                         message=f"--solvers must be among {','.join(sharpness.SOLVERS)}")
+flags.register_validator("max_iter", lambda v: v >= 1, message="--max_iter must be >= 1")
+flags.register_validator("eval_examples", lambda v: v is None or v >= 1,
+                         message="--eval_examples must be >= 1 (or unset for all examples)")
+flags.register_validator("eval_batch_size", lambda v: v is None or v >= 1,
+                         message="--eval_batch_size must be >= 1")
+flags.register_validator("cpu_devices", lambda v: v is None or v >= 1,
+                         message="--cpu_devices must be at least 1")
+flags.register_multi_flags_validator(
+    ["strategy", "cpu_devices"],
+    lambda f: f["cpu_devices"] in (None, 1) or f["strategy"] == "mirrored",
+    message="--cpu_devices > 1 makes replicas only for --strategy=mirrored: add "
+            "--strategy=mirrored or drop --cpu_devices")
+flags.register_multi_flags_validator(
+    ["strategy", "tpu_address"], lambda f: f["tpu_address"] is None or f["strategy"] == "tpu",
+    message="--tpu_address needs --strategy=tpu")
+flags.register_validator("seed", lambda v: v >= 0, message="--seed must be >= 0")
+flags.register_validator("output_dir", bool, message="--output_dir must not be empty")
+
+
+@dataclasses.dataclass
+class _Run:
+    run_id: str
+    run_dir: str
+    config: train.TrainConfig
+    row: dict
+    model: keras.Model
+
+
+def _read_config(run_dir: str) -> train.TrainConfig:
+    path = os.path.join(run_dir, train.CONFIG_FILE)
+    try:
+        with open(path, encoding="utf-8") as handle:
+            values = dict(json.load(handle)["config"])
+        if values.get("synthetic") is not None:
+            values["synthetic"] = data.SyntheticSpec(**values["synthetic"])
+        return train.TrainConfig(**values)
+    except FileNotFoundError:
+        raise ValueError(f"{path} does not exist: {run_dir} is not a run directory of "
+                         "benchmarks.train") from None
+    except (OSError, KeyError, TypeError, json.JSONDecodeError) as error:
+        raise ValueError(f"cannot read the run configuration {path} ({error}): it was not "
+                         "written by this version of benchmarks.train") from error
+
+
+def _locate(name: str, output_dir: str) -> tuple[str, str, str]:
+    """(run id, run directory, runs.csv) of a run id or a run directory path."""
+    if os.path.isdir(name) and os.path.exists(os.path.join(name, train.CONFIG_FILE)):
+        run_dir = os.path.abspath(name)
+        root = os.path.dirname(os.path.dirname(run_dir))
+        return os.path.basename(run_dir), run_dir, os.path.join(root, RUNS_FILE)
+    return name, os.path.join(output_dir, "runs", name), os.path.join(output_dir, RUNS_FILE)
+
+
+def _load_runs(strategy) -> list[_Run]:
+    output_dir = FLAGS.output_dir
+    runs_csv = os.path.join(output_dir, RUNS_FILE)
+    names = FLAGS.runs or [row["run_id"] for row in results.read_rows(runs_csv)]
+    if not names:
+        raise ValueError(f"no completed runs in {runs_csv}: train some with benchmarks.train "
+                         "and the same --output_dir, or name them with --runs")
+    runs = []
+    for name in dict.fromkeys(names):
+        run_id, run_dir, csv_path = _locate(name, output_dir)
+        rows = [row for row in results.read_rows(csv_path) if row["run_id"] == run_id]
+        if not rows:
+            raise ValueError(f"run {name} is not a completed run: no row with run_id {run_id} in "
+                             f"{csv_path}; pass a run id listed there or finish the run with "
+                             "benchmarks.train")
+        model_path = os.path.join(run_dir, train.MODEL_FILE)
+        if not os.path.exists(model_path):
+            raise ValueError(f"run {run_id} has no final model {model_path}: rerun its "
+                             "benchmarks.train command to finish it")
+        config = _read_config(run_dir)
+        with strategy.scope():
+            model = keras.models.load_model(model_path, compile=False)
+        runs.append(_Run(run_id, run_dir, config, rows[0], model))
+    return runs
+
+
+def _dims() -> list[int | None]:
+    return [None if text == FULL else int(text) for text in dict.fromkeys(FLAGS.subspace_dims)]
+
+
+def _settings(run: _Run, num_train: int) -> tuple[int, int]:
+    """(evaluation examples, GLOBAL evaluation batch) of a run, checked."""
+    examples = FLAGS.eval_examples or num_train
+    if examples > num_train:
+        raise ValueError(f"--eval_examples={examples} exceeds the {num_train} training examples "
+                         f"of run {run.run_id}: pass at most {num_train}")
+    batch = min(FLAGS.eval_batch_size or run.config.eval_batch_size, examples)
+    return examples, batch
+
+
+def _check(runs: list[_Run]) -> None:
+    for run in runs:
+        num_weights = sum(int(math.prod(v.shape)) for v in run.model.trainable_variables)
+        if num_weights == 0:
+            raise ValueError(f"the model of run {run.run_id} has no trainable weights")
+        for dim in _dims():
+            if dim is not None and dim > num_weights:
+                raise ValueError(f"--subspace_dims has {dim}, more than the {num_weights} "
+                                 f"trainable weights of run {run.run_id}: pass at most "
+                                 f"{num_weights}")
+        _settings(run, int(run.row["num_train"]))
+
+
+def _train_split(config: train.TrainConfig, cache: dict) -> data.SplitData:
+    flatten = models.spec(config.model).flat_input
+    key = (config.dataset, flatten, config.synthetic)
+    if key not in cache:
+        cache[key] = data.load_split(config.dataset, "train", data_dir=FLAGS.data_dir,
+                                     tfds_data_dir=FLAGS.tfds_data_dir, flatten=flatten,
+                                     synthetic=config.synthetic)
+    return cache[key]
+
+
+def _measure(run: _Run, split: data.SplitData, strategy, finished: set, context: dict) -> int:
+    """Measures what is missing for one run; returns the number of rows written."""
+    examples, batch = _settings(run, split.info.num_examples)
+    epsilons = [float(e) for e in dict.fromkeys(FLAGS.epsilons)]
+    problem, written = None, 0
+    for dim in _dims():
+        space = None
+        for solver in dict.fromkeys(FLAGS.solvers):
+            missing = [eps for eps in epsilons if sharpness_rows.measurement_key(
+                run.run_id, subspace_dim=dim, subspace_seed=FLAGS.seed, epsilon=eps,
+                solver=solver, max_iter=FLAGS.max_iter, eval_examples=examples,
+                eval_batch_size=batch) not in finished]
+            label = f"{run.run_id}: {FULL if dim is None else f'p={dim}'}, {solver}"
+            if not missing:
+                logging.info("%s: measured earlier, skipped", label)
+                continue
+            if problem is None:
+                problem = sharpness.SharpnessProblem(
+                    run.model, split.features, split.labels, eval_batch_size=batch,
+                    eval_examples=None if examples == split.info.num_examples else examples,
+                    subset_seed=FLAGS.seed, strategy=strategy, bn_mode=run.config.bn_mode)
+            space = space or problem.space(dim, seed=FLAGS.seed)
+            for result in problem.measure(missing, space=space, solver=solver,
+                                          max_iter=FLAGS.max_iter, seed=FLAGS.seed):
+                row = sharpness_rows.sharpness_row(
+                    result, run.row, benchmark=BENCHMARK, strategy=context["strategy"],
+                    precision=run.config.precision, nondefault_flags=context["flags"])
+                if context["chief"]:
+                    results.append_row(context["path"], row)
+                written += 1
+                print(f"{label}, eps {result.epsilon:g}: sharpness {result.value:.4g} "
+                      f"(f {result.loss:.4g} -> {result.max_loss:.4g}, "
+                      f"{result.function_evals} evaluations, {result.seconds:.1f} s; "
+                      f"{result.message})", flush=True)
+    return written
+
+
+def main(argv):
+    del argv  # Rejected by common.run when not empty.
+    strategy = common.strategy()
+    runs = _load_runs(strategy)
+    _check(runs)
+    splits: dict = {}
+    for run in runs:  # Load (and check) every data set before the first measurement.
+        _train_split(run.config, splits)
+    path = os.path.join(FLAGS.output_dir, SHARPNESS_FILE)
+    context = {"strategy": distribute.describe(strategy), "flags": common.nondefault_flags(),
+               "chief": train.is_chief(strategy), "path": path}
+    finished = sharpness_rows.finished_keys(results.read_rows(path))
+    written = sum(_measure(run, _train_split(run.config, splits), strategy, finished, context)
+                  for run in runs)
+    print(f"{written} new sharpness row(s) for {len(runs)} run(s) -> {path}")
+
+
+if __name__ == "__main__":
+    common.run(main)
