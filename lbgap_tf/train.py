@@ -8,7 +8,9 @@ its own contiguous slice of the global batch, computes the per-example cross-ent
 replicas' gradients, so the update is the gradient of the mean loss over the whole global
 batch, and N replicas follow the trajectory of one device (up to float reassociation).
 BatchNorm is synchronised across replicas by default (LB's BN sees the whole global batch);
-per-replica BN statistics (a ghost-batch experiment) are selectable and recorded.
+per-replica BN statistics (a ghost-batch experiment) are selectable and recorded. Dropout
+(C1-C4) is the exception: every replica draws its masks from the same seed state, so C-net
+trajectories depend on the replica count.
 
 Data: the whole training set stays in memory as one tensor per replica device; every epoch
 visits it in the order of a permutation drawn from ``(seed, epoch)`` alone, cut into
@@ -555,7 +557,11 @@ def _train_locked(config, train_data, test_data, run_dir, strategy, chief, quiet
         optimizer.build(model.trainable_variables)
     _set_weights(model, x0_arrays, x0_source)
     epoch_counter = tf.Variable(0, dtype=tf.int64, trainable=False)
-    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, epoch=epoch_counter)
+    # model.variables adds what model.weights lacks: the dropout RNG (seed generator) states,
+    # so a resumed run draws the dropout masks of an uninterrupted one. The data order needs
+    # no state: it is a function of (seed, epoch).
+    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, epoch=epoch_counter,
+                                     variables=list(model.variables))
     checkpoint_dir = os.path.join(run_dir, CHECKPOINT_DIR)
     if not chief:
         checkpoint_dir = os.path.join(checkpoint_dir, f"worker{strategy.cluster_resolver.task_id}")
