@@ -2,6 +2,7 @@
 
 import dataclasses
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -210,3 +211,24 @@ def test_bad_configs_and_x0_files_are_clear_errors(splits, tmp_path):
     np.savez(wrong, w0000=np.zeros((3, 3), np.float32))
     with pytest.raises(train.TrainError, match="do not fit F1"):
         _run(_config(x0_path=str(wrong)), splits, tmp_path / "run")
+
+
+def test_fused_adam_matches_keras_adam():
+    rng = np.random.default_rng(0)
+    start = rng.normal(size=(40, 6)).astype(np.float32)
+    reference, fused = keras.Variable(start), keras.Variable(start)
+    keras_adam, fused_adam = keras.optimizers.Adam(1e-2), train.FusedAdam(1e-2)
+    keras_adam.build([reference])
+    fused_adam.build([fused])
+
+    @tf.function
+    def step(gradient):
+        keras_adam.apply_gradients([(gradient, reference)])
+        fused_adam.apply_gradients([(gradient, fused)])
+
+    for _ in range(25):
+        step(tf.constant(rng.normal(size=(40, 6)).astype(np.float32)))
+    assert int(fused_adam.iterations) == 25
+    moved = np.abs(np.asarray(reference) - start).max()
+    assert moved > 0.1  # 25 steps of up to lr = 0.01 each.
+    np.testing.assert_allclose(np.asarray(fused), np.asarray(reference), rtol=0, atol=1e-5)
