@@ -1,11 +1,12 @@
 """Deterministic evaluation of a Keras classifier over fixed data, under a tf.distribute strategy.
 
-Two evaluators share one data path: the examples are batched in their given order with a fixed
-GLOBAL evaluation batch size (the last batch may be partial), distributed over the strategy's
-replicas with `experimental_distribute_dataset`, and the model is called as
+Two evaluators share one data path: the examples are held in memory, one copy per replica
+device, and visited in their given order in GLOBAL batches of a fixed evaluation batch size (the
+last batch may be partial); every global batch is cut into contiguous per-replica slices, as
+equal as possible, inside one `tf.function` loop. The model is called as
 `model(x, training=False)` (dropout off; BN as the model's BN mode says). Every replica returns
-SUMS over its part of a batch; the sums are reduced with `ReduceOp.SUM` and divided by the number
-of examples once at the end, so partial batches and uneven replica splits are exact.
+SUMS over its slice; the sums are reduced with `ReduceOp.SUM` and divided by the number of
+examples once at the end, so partial batches and uneven replica splits are exact.
 
 - `evaluate` / `Evaluator`: mean softmax cross-entropy (nats, from logits) and accuracy.
 - `LossAndGradient`: value and gradient of that mean loss with respect to all trainable weights,
@@ -63,12 +64,36 @@ def _checked_data(features, labels, batch_size: int) -> tuple[np.ndarray, np.nda
     return features, labels.astype(np.int32)
 
 
-def _distributed_batches(features: np.ndarray, labels: np.ndarray, batch_size: int,
-                         strategy: tf.distribute.Strategy):
-    """The data in file order, global batches of `batch_size`, split over the replicas."""
-    dataset = tf.data.Dataset.from_tensor_slices((features, labels))
-    dataset = dataset.batch(batch_size, drop_remainder=False).prefetch(tf.data.AUTOTUNE)
-    return strategy.experimental_distribute_dataset(dataset)
+class _Batches:
+    """The evaluation data on every replica device, and each replica's slice of a global batch.
+
+    Global batch b holds examples [b * batch_size, min((b + 1) * batch_size, N)); replica r of R
+    takes the r-th of R contiguous, nearly equal parts of it (sizes differ by at most one, the
+    first ones larger; a part is empty when the batch has fewer than R examples).
+    """
+
+    def __init__(self, features: np.ndarray, labels: np.ndarray, batch_size: int,
+                 strategy: tf.distribute.Strategy):
+        self.strategy = strategy
+        self.num_examples = int(features.shape[0])
+        self.batch_size = int(batch_size)
+        self.num_batches = -(-self.num_examples // self.batch_size)
+        host_x, host_y = tf.constant(features), tf.constant(labels)
+        self.features = strategy.experimental_distribute_values_from_function(
+            lambda _: tf.identity(host_x))
+        self.labels = strategy.experimental_distribute_values_from_function(
+            lambda _: tf.identity(host_y))
+
+    def replica_slice(self, features, labels, batch):
+        """(x, y) of this replica's part of global batch `batch`; call in replica context."""
+        replicas = self.strategy.num_replicas_in_sync
+        replica = tf.distribute.get_replica_context().replica_id_in_sync_group
+        start = batch * self.batch_size
+        size = tf.minimum(self.batch_size, self.num_examples - start)
+        base, extra = size // replicas, size % replicas
+        offset = start + replica * base + tf.minimum(replica, extra)
+        count = base + tf.cast(replica < extra, tf.int32)
+        return features[offset:offset + count], labels[offset:offset + count]
 
 
 def _example_losses(model, x, y):
@@ -98,21 +123,22 @@ class Evaluator:
         self._strategy = strategy or tf.distribute.get_strategy()
         self.num_examples = int(features.shape[0])
         self.batch_size = int(batch_size)
-        self._batches = _distributed_batches(features, labels, self.batch_size, self._strategy)
+        self._batches = _Batches(features, labels, self.batch_size, self._strategy)
         self._run = tf.function(self._sums)
 
-    def _replica_sums(self, batch):
-        x, y = batch
+    def _replica_sums(self, features, labels, batch):
+        x, y = self._batches.replica_slice(features, labels, batch)
         logits, losses = _example_losses(self._model, x, y)
         correct = tf.cast(tf.equal(tf.argmax(logits, axis=-1, output_type=tf.int32), y), tf.int32)
         return tf.reduce_sum(losses), tf.reduce_sum(correct)
 
     def _sums(self):
-        strategy = self._strategy
+        strategy, data = self._strategy, self._batches
         loss_sum = tf.zeros([], tf.float64)
         correct = tf.zeros([], tf.int64)
-        for batch in self._batches:
-            loss, right = strategy.run(self._replica_sums, args=(batch,))
+        for batch in tf.range(data.num_batches):
+            loss, right = strategy.run(self._replica_sums,
+                                       args=(data.features, data.labels, batch))
             loss_sum += tf.cast(strategy.reduce(tf.distribute.ReduceOp.SUM, loss, axis=None),
                                 tf.float64)
             correct += tf.cast(strategy.reduce(tf.distribute.ReduceOp.SUM, right, axis=None),
@@ -162,7 +188,7 @@ class LossAndGradient:
         self.dtype = tf.as_dtype(self._variables[0].dtype)
         self.num_examples = int(features.shape[0])
         self.batch_size = int(batch_size)
-        self._batches = _distributed_batches(features, labels, self.batch_size, self._strategy)
+        self._batches = _Batches(features, labels, self.batch_size, self._strategy)
         self._eager_value_and_gradient = tf.function(self.value_and_gradient)
         self._eager_value = tf.function(self.value)
 
@@ -176,8 +202,8 @@ class LossAndGradient:
         for variable, part, shape in zip(self._variables, parts, self._shapes, strict=True):
             variable.assign(tf.reshape(part, shape))
 
-    def _replica_sums(self, batch, with_gradient: bool):
-        x, y = batch
+    def _replica_sums(self, features, labels, batch, with_gradient: bool):
+        x, y = self._batches.replica_slice(features, labels, batch)
         with tf.GradientTape() as tape:
             _, losses = _example_losses(self._model, x, y)
             loss = tf.reduce_sum(losses)
@@ -188,11 +214,12 @@ class LossAndGradient:
         return loss, tf.concat([tf.reshape(tf.cast(g, self.dtype), [-1]) for g in grads], 0)
 
     def _sums_at_current_weights(self, with_gradient: bool):
-        strategy = self._strategy
+        strategy, data = self._strategy, self._batches
         total = tf.zeros([], tf.float64)
         grad = tf.zeros([self.num_weights], self.dtype)
-        for batch in self._batches:
-            out = strategy.run(self._replica_sums, args=(batch, with_gradient))
+        for batch in tf.range(data.num_batches):
+            out = strategy.run(self._replica_sums,
+                               args=(data.features, data.labels, batch, with_gradient))
             loss = out[0] if with_gradient else out
             total += tf.cast(strategy.reduce(tf.distribute.ReduceOp.SUM, loss, axis=None),
                              tf.float64)

@@ -12,16 +12,24 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
+from lbgap_tf import models  # noqa: E402
+
 BN_EPSILON = 1e-3
 
 
-def build_tiny_model(seed=0, inputs=5, hidden=4, classes=3):
-    """The Keras twin of the NumPy network, with random non-trivial BN moving statistics."""
+def build_tiny_model(seed=0, inputs=5, hidden=4, classes=3, bn_mode="moving"):
+    """The Keras twin of the NumPy network, with random non-trivial BN moving statistics.
+
+    bn_mode "batch" uses lbgap_tf.models.BatchStatisticsNormalization (batch statistics at
+    inference too, synchronised across replicas).
+    """
     keras.utils.set_random_seed(seed)
+    bn_class = (models.BatchStatisticsNormalization if bn_mode == "batch"
+                else keras.layers.BatchNormalization)
     model = keras.Sequential([
         keras.Input((inputs,)),
         keras.layers.Dense(hidden),
-        keras.layers.BatchNormalization(epsilon=BN_EPSILON, synchronized=True),
+        bn_class(epsilon=BN_EPSILON, synchronized=True),
         keras.layers.ReLU(),
         keras.layers.Dense(classes),
     ])
@@ -80,6 +88,20 @@ def loss_and_accuracy(params, x, y):
     loss = -logp[np.arange(len(y)), y].mean()
     accuracy = float(np.mean(np.argmax(logits, axis=1) == y))
     return float(loss), accuracy
+
+
+def batch_mode_loss_and_accuracy(params, x, y, batch_size):
+    """Mean cross-entropy and accuracy when BN normalises every evaluation batch (of
+    `batch_size`, the last one partial) with that batch's own mean and biased variance."""
+    losses, correct = [], 0
+    for start in range(0, len(y), batch_size):
+        xb = x[start:start + batch_size].astype(np.float64)
+        h = xb @ params["w1"] + params["b1"]
+        stats = dict(params, mean=h.mean(axis=0), var=h.var(axis=0))
+        loss, accuracy = loss_and_accuracy(stats, xb, y[start:start + batch_size])
+        losses.append(loss * len(xb))
+        correct += accuracy * len(xb)
+    return float(np.sum(losses) / len(y)), float(correct / len(y))
 
 
 def loss_and_gradient(params, x, y):

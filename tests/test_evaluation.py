@@ -41,18 +41,32 @@ def test_evaluate_matches_numpy(batch_size):
     _assert_unchanged(model, before)
 
 
-@needs_two_cpus
-def test_evaluate_mirrored_equals_one_device():
+@pytest.mark.parametrize("batch_size", [5, 8, 30])
+def test_evaluate_batch_statistics_bn_matches_numpy(batch_size):
+    model = ref.build_tiny_model(bn_mode="batch")
     x, y = ref.tiny_data(n=23)
-    single = evaluation.evaluate(ref.build_tiny_model(), x, y, batch_size=5)
+    before = _all_variables(model)
+    result = evaluation.evaluate(model, x, y, batch_size=batch_size)
+    loss, accuracy = ref.batch_mode_loss_and_accuracy(ref.tiny_params(model), x, y, batch_size)
+    assert result.loss == pytest.approx(loss, rel=1e-5)
+    assert result.accuracy == pytest.approx(accuracy, abs=1e-12)
+    _assert_unchanged(model, before)
+
+
+@needs_two_cpus
+@pytest.mark.parametrize("bn_mode", ["moving", "batch"])
+@pytest.mark.parametrize("n", [23, 21])
+def test_evaluate_mirrored_equals_one_device(bn_mode, n):
+    x, y = ref.tiny_data(n=n)
+    single = evaluation.evaluate(ref.build_tiny_model(bn_mode=bn_mode), x, y, batch_size=5)
     strategy = tf.distribute.MirroredStrategy(CPUS[:2])
     assert strategy.num_replicas_in_sync == 2
     with strategy.scope():
-        model = ref.build_tiny_model()
+        model = ref.build_tiny_model(bn_mode=bn_mode)
     before = _all_variables(model)
-    # 23 = 4 batches of 5 + 3: the last global batch splits 2 + 1 over the replicas.
+    # The last global batch (3 or 1 examples) splits 2 + 1 or 1 + 0 over the replicas.
     mirrored = evaluation.evaluate(model, x, y, batch_size=5, strategy=strategy)
-    assert mirrored.num_examples == single.num_examples == 23
+    assert mirrored.num_examples == single.num_examples == n
     assert mirrored.loss == pytest.approx(single.loss, rel=1e-6)
     assert mirrored.accuracy == single.accuracy
     _assert_unchanged(model, before)
@@ -116,19 +130,21 @@ def test_loss_and_gradient_traces_into_an_outer_function():
 
 
 @needs_two_cpus
-def test_loss_and_gradient_mirrored_equals_one_device():
-    x, y = ref.tiny_data(n=23)
-    single = evaluation.LossAndGradient(ref.build_tiny_model(), x, y, batch_size=5)
+@pytest.mark.parametrize("bn_mode", ["moving", "batch"])
+def test_loss_and_gradient_mirrored_equals_one_device(bn_mode):
+    x, y = ref.tiny_data(n=21)
+    single = evaluation.LossAndGradient(ref.build_tiny_model(bn_mode=bn_mode), x, y,
+                                        batch_size=5)
     strategy = tf.distribute.MirroredStrategy(CPUS[:2])
-    assert strategy.num_replicas_in_sync == 2
     with strategy.scope():
-        model = ref.build_tiny_model()
+        model = ref.build_tiny_model(bn_mode=bn_mode)
     mirrored = evaluation.LossAndGradient(model, x, y, batch_size=5, strategy=strategy)
     point = single.flat_weights() * 1.1
     value1, grad1 = single(point)
     value2, grad2 = mirrored(point)
     assert float(value2) == pytest.approx(float(value1), rel=1e-6)
-    np.testing.assert_allclose(grad2.numpy(), grad1.numpy(), rtol=1e-5, atol=1e-7)
+    assert np.all(np.isfinite(grad2.numpy()))
+    np.testing.assert_allclose(grad2.numpy(), grad1.numpy(), rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("features,labels,batch_size,message", [
