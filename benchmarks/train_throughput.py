@@ -7,7 +7,9 @@
 For each regime (SB 256 and LB = --lb_fraction of the training set) and each method, the
 same model on the same in-memory arrays trains ``--timed_epochs`` epochs after one untimed
 warm-up epoch (tracing, compilation); the examples/s of each timed epoch are reported as
-mean ± standard deviation, with the startup time apart. Methods:
+mean ± standard deviation, with the startup time apart, and as examples per CPU-second of
+the process (``time.process_time``), a figure less sensitive to other load on the machine
+(on an idle 2-core machine examples/s approach 2x examples per CPU-second). Methods:
 
 - ``fit``: ``model.fit`` with Keras defaults (shuffle, one step per call);
 - ``fit_spe10``: ``model.fit`` with ``steps_per_execution=10``;
@@ -69,13 +71,15 @@ def _fit_rates(method, config, train_data, batch_size):
     x, y = train_data.features, train_data.labels
 
     def epoch():
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         model.fit(x, y, batch_size=batch_size, epochs=1, shuffle=True, verbose=0)
-        return len(x) / (time.perf_counter() - start)
+        return (len(x) / (time.perf_counter() - start),
+                len(x) / (time.process_time() - cpu_start))
 
     epoch()
     startup = time.perf_counter() - began
-    return [epoch() for _ in range(FLAGS.timed_epochs)], startup
+    rates = [epoch() for _ in range(FLAGS.timed_epochs)]
+    return [wall for wall, _ in rates], [cpu for _, cpu in rates], startup
 
 
 def _train_rates(config, train_data, test_data, strategy):
@@ -84,8 +88,9 @@ def _train_rates(config, train_data, test_data, strategy):
         result = train.train(config, train_data, test_data, run_dir=run_dir,
                              strategy=strategy, quiet=True)
     rates = [row["examples_per_s"] for row in result.history[1:]]
+    cpu_rates = [row["examples"] / row["epoch_cpu_s"] for row in result.history[1:]]
     startup = result.startup_s + result.history[0]["epoch_time_s"]
-    return rates, startup
+    return rates, cpu_rates, startup
 
 
 def main(argv):
@@ -105,18 +110,22 @@ def main(argv):
         for method in FLAGS.methods:
             load = os.getloadavg()[0]
             if method == "train":
-                rates, startup = _train_rates(config, train_data, test_data, strategy)
+                rates, cpu_rates, startup = _train_rates(config, train_data, test_data,
+                                                         strategy)
                 replicas = description["replicas"]
             else:
-                rates, startup = _fit_rates(method, config, train_data, config.batch_size)
+                rates, cpu_rates, startup = _fit_rates(method, config, train_data,
+                                                       config.batch_size)
                 replicas = 1
             mean, std = results.mean_std(rates)
+            cpu_mean, _ = results.mean_std(cpu_rates)
             row = {
                 "model": config.model, "dataset": config.dataset, "regime": regime,
                 "global_batch_size": config.batch_size, "method": method,
                 "strategy": description["strategy"] if method == "train" else "default",
                 "replicas": replicas, "examples_per_s_mean": round(mean, 1),
-                "examples_per_s_std": round(std, 1), "timed_epochs": len(rates),
+                "examples_per_s_std": round(std, 1),
+                "examples_per_cpu_s": round(cpu_mean, 1), "timed_epochs": len(rates),
                 "startup_s": round(startup, 2), "peak_rss_mb": round(_peak_rss_mb(), 1),
                 "load_average_1min": round(load, 2), "precision": config.precision,
                 "jit": config.jit_compile if method == "train" else method == "fit_jit",
@@ -129,7 +138,8 @@ def main(argv):
             results.append_row(os.path.join(FLAGS.output_dir, "throughput.csv"), row)
             logging.info("%s", row)
             print(f"{config.model} {regime} (batch {config.batch_size}) {method:>9} "
-                  f"x{replicas}: {mean:8.0f} ± {std:6.0f} examples/s, startup {startup:5.1f} s, "
+                  f"x{replicas}: {mean:8.0f} ± {std:6.0f} examples/s ({cpu_mean:6.0f} per CPU-s), "
+                  f"startup {startup:5.1f} s, "
                   f"peak RSS {_peak_rss_mb():6.0f} MB (load {load:.2f})", flush=True)
 
 

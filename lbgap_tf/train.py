@@ -458,10 +458,13 @@ class TrainResult:
     model: keras.Model = dataclasses.field(repr=False, compare=False)
 
 
-_HISTORY_COLUMNS = (
+# history.csv: one row per epoch. train_loss/train_accuracy average the epoch's steps (the
+# running figures of the weights as they moved); full_train_*/test_* are full-set
+# evaluations after the epoch (only with eval_every_epoch); times in seconds.
+HISTORY_COLUMNS = (
     "epoch", "train_loss", "train_accuracy", "full_train_loss", "full_train_accuracy",
-    "test_loss", "test_accuracy", "steps", "examples", "epoch_time_s", "eval_time_s",
-    "examples_per_s", "finished_at",
+    "test_loss", "test_accuracy", "steps", "examples", "epoch_time_s", "epoch_cpu_s",
+    "eval_time_s", "examples_per_s", "finished_at",
 )
 
 
@@ -677,6 +680,7 @@ def _run_epoch(steps, config, epoch, steps_per_epoch, train_data, log) -> dict:
     order = tf.constant(epoch_permutation(config.seed, epoch, train_data.info.num_examples))
     losses, correct = [], []
     began = last_report = time.perf_counter()
+    cpu_began = time.process_time()
     for first in range(0, steps_per_epoch, config.steps_per_call):
         count = min(config.steps_per_call, steps_per_epoch - first)
         step_losses, step_correct = steps(order, first, count)
@@ -692,23 +696,19 @@ def _run_epoch(steps, config, epoch, steps_per_epoch, train_data, log) -> dict:
                 _format_duration(eta))
             last_report = now
     elapsed = time.perf_counter() - began
+    cpu = time.process_time() - cpu_began
     losses = np.concatenate(losses).astype(np.float64)
     examples = steps_per_epoch * config.batch_size
     if not np.all(np.isfinite(losses)):
         logging.warning("epoch %d: non-finite training loss; lower the learning rate", epoch)
-    return {
-        "epoch": epoch,
-        "train_loss": float(np.mean(losses)),
-        "train_accuracy": float(np.concatenate(correct).sum()) / examples,
-        "full_train_loss": None, "full_train_accuracy": None,
-        "test_loss": None, "test_accuracy": None,
-        "steps": steps_per_epoch,
-        "examples": examples,
-        "epoch_time_s": elapsed,
-        "eval_time_s": None,
-        "examples_per_s": examples / elapsed,
-        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
+    row = dict.fromkeys(HISTORY_COLUMNS)  # Evaluation columns stay empty here.
+    row.update(
+        epoch=epoch, train_loss=float(np.mean(losses)),
+        train_accuracy=float(np.concatenate(correct).sum()) / examples, steps=steps_per_epoch,
+        examples=examples, epoch_time_s=elapsed, epoch_cpu_s=cpu,
+        examples_per_s=examples / elapsed,
+        finished_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    return row
 
 
 def _log_epoch(log, row, history, config):
