@@ -468,14 +468,29 @@ HISTORY_COLUMNS = (
 )
 
 
-def _restore_history(path: str, epoch: int, writable: bool) -> list[dict]:
+def _check_same_run(run_dir: str, config: TrainConfig) -> None:
+    """Refuses a run directory that holds a run of another configuration."""
+    path = os.path.join(run_dir, CONFIG_FILE)
+    if not os.path.exists(path):
+        return
+    with open(path, encoding="utf-8") as handle:
+        stored = json.load(handle).get("config")
+    wanted = json.loads(json.dumps(config_dict(config), default=str))
+    if stored != wanted:
+        changed = sorted(key for key in wanted if stored is None or stored.get(key) != wanted[key])
+        raise TrainError(
+            f"{run_dir} holds a run of another configuration (differs in {changed}): give "
+            "this run its own directory")
+
+
+def _restore_history(path: str, epoch: int) -> list[dict]:
     """The history rows of epochs 1..epoch (rows past the checkpoint are dropped)."""
     rows = [_typed(row) for row in results.read_rows(path) if int(row["epoch"]) <= epoch]
     if [int(row["epoch"]) for row in rows] != list(range(1, epoch + 1)):
         raise TrainError(
             f"{path} does not hold epochs 1..{epoch} of the checkpointed run: delete the run "
             f"directory {os.path.dirname(path)} to train this run from scratch")
-    if writable and len(rows) != len(results.read_rows(path)):
+    if len(rows) != len(results.read_rows(path)):
         os.remove(path)
         for row in rows:
             results.append_row(path, row)
@@ -595,13 +610,16 @@ def _train_locked(config, train_data, test_data, run_dir, strategy, chief, quiet
     # no state: it is a function of (seed, epoch).
     checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, epoch=epoch_counter,
                                      variables=list(model.variables))
+    # Non-chief workers keep their own checkpoints and history (needed to resume) apart.
     checkpoint_dir = os.path.join(run_dir, CHECKPOINT_DIR)
+    history_path = os.path.join(run_dir, HISTORY_FILE)
     if not chief:
         checkpoint_dir = os.path.join(checkpoint_dir, f"worker{strategy.cluster_resolver.task_id}")
+        history_path = os.path.join(checkpoint_dir, HISTORY_FILE)
     manager = tf.train.CheckpointManager(checkpoint, checkpoint_dir, max_to_keep=1)
-    history_path = os.path.join(run_dir, HISTORY_FILE)
 
     if chief:
+        _check_same_run(run_dir, config)
         _write_json(os.path.join(run_dir, CONFIG_FILE),
                     {"config": config_dict(config), "strategy": description, "x0": x0_source})
         if not os.path.exists(os.path.join(run_dir, X0_FILE)):
@@ -609,10 +627,10 @@ def _train_locked(config, train_data, test_data, run_dir, strategy, chief, quiet
     if manager.latest_checkpoint:
         checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
         log("resuming %s after epoch %d", run_dir, int(epoch_counter.numpy()))
-    elif chief and os.path.exists(history_path):
+    elif os.path.exists(history_path):
         os.remove(history_path)  # Epochs recorded without a checkpoint are retrained.
     done = int(epoch_counter.numpy())
-    history = _restore_history(history_path, done, chief) if done else []
+    history = _restore_history(history_path, done) if done else []
 
     global_batch = config.batch_size
     steps_per_epoch = train_data.info.num_examples // global_batch
@@ -639,8 +657,7 @@ def _train_locked(config, train_data, test_data, run_dir, strategy, chief, quiet
                        test_loss=test.loss, test_accuracy=test.accuracy,
                        eval_time_s=time.perf_counter() - began)
         history.append(row)
-        if chief:
-            results.append_row(history_path, row)
+        results.append_row(history_path, row)
         epoch_counter.assign(epoch)
         manager.save(checkpoint_number=epoch)
         done = epoch

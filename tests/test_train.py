@@ -165,6 +165,8 @@ def test_plateau_stopping_is_recorded(splits, tmp_path):
     row = train.run_record(result, run_id="r")
     assert row["stop_rule"] == "plateau(tol=10,patience=1,cap=10)"
     assert row["epochs_run"] == 2 and tuple(row) == train.RUN_COLUMNS
+    with pytest.raises(train.TrainError, match=r"another configuration \(differs in \['learning"):
+        _run(dataclasses.replace(config, learning_rate=0.01), splits, tmp_path)
 
 
 def test_eval_every_epoch_matches_an_independent_evaluation(splits, tmp_path):
