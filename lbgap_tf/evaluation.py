@@ -96,6 +96,19 @@ class _Batches:
         return features[offset:offset + count], labels[offset:offset + count]
 
 
+def compile_method(method, **options):
+    """`tf.function(method, **options)` for a bound method, with its own retracing statistics.
+
+    TensorFlow counts the traces of every tf.function made from the same method together and
+    warns about "excessive retracing" once five instances have traced once each; a closure per
+    instance keeps the count per instance.
+    """
+    def call(*args):
+        return method(*args)
+
+    return tf.function(call, **options)
+
+
 def _example_losses(model, x, y):
     logits = tf.cast(model(x, training=False), tf.float32)
     return logits, tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=logits)
@@ -124,7 +137,7 @@ class Evaluator:
         self.num_examples = int(features.shape[0])
         self.batch_size = int(batch_size)
         self._batches = _Batches(features, labels, self.batch_size, self._strategy)
-        self._run = tf.function(self._sums)
+        self._run = compile_method(self._sums)
 
     def _replica_sums(self, features, labels, batch):
         x, y = self._batches.replica_slice(features, labels, batch)
@@ -189,8 +202,8 @@ class LossAndGradient:
         self.num_examples = int(features.shape[0])
         self.batch_size = int(batch_size)
         self._batches = _Batches(features, labels, self.batch_size, self._strategy)
-        self._eager_value_and_gradient = tf.function(self.value_and_gradient)
-        self._eager_value = tf.function(self.value)
+        self._eager_value_and_gradient = compile_method(self.value_and_gradient)
+        self._eager_value = compile_method(self.value)
 
     def flat_weights(self) -> tf.Tensor:
         """The current trainable weights as one flat vector [num_weights]."""

@@ -166,7 +166,7 @@ class AscentSolver:
         self._fun = fun
         self._value_fn = value_fn
         self.max_iter = _checked_max_iter(max_iter)
-        self._run = tf.function(self._loop)
+        self._run = evaluation.compile_method(self._loop)
 
     def _value(self, y):
         if self._value_fn is not None:
@@ -598,7 +598,8 @@ class _Objective:
         self.coordinates = space.coordinates(x)
         self._initial = (loss, space.rmatvec(grad).numpy())
         spec = tf.TensorSpec([space.dim], tf.float64)
-        self._compiled = tf.function(self.value_and_gradient, input_signature=[spec])
+        self._compiled = evaluation.compile_method(self.value_and_gradient,
+                                                      input_signature=[spec])
         self._ascent: dict[int, AscentSolver] = {}
 
     def value_and_gradient(self, y):
