@@ -74,7 +74,7 @@ def test_a_run_writes_one_complete_row_and_a_rerun_adds_none(tmp_path):
 
 def test_a_killed_run_resumes_from_its_last_epoch(tmp_path):
     out_dir = tmp_path / "out"
-    args = [*SMOKE, "--epochs=6", "--synthetic_train_examples=1024", f"--output_dir={out_dir}"]
+    args = [*SMOKE, "--epochs=4", "--synthetic_train_examples=512", f"--output_dir={out_dir}"]
     process = _start(*args)
     deadline = time.monotonic() + 180
     while not list(out_dir.glob("runs/*/checkpoints/checkpoint")):
@@ -86,15 +86,15 @@ def test_a_killed_run_resumes_from_its_last_epoch(tmp_path):
     assert not (out_dir / "runs.csv").exists()  # A killed run leaves no row.
     (run_dir,) = out_dir.glob("runs/*")
     killed_at = len(results.read_rows(run_dir / "history.csv"))
-    assert 1 <= killed_at < 6
+    assert 1 <= killed_at < 4
 
     code, _, err = _run(*args)
     assert code == 0, err
     assert "resuming" in err
     history = results.read_rows(run_dir / "history.csv")
-    assert [int(r["epoch"]) for r in history] == [1, 2, 3, 4, 5, 6]
+    assert [int(r["epoch"]) for r in history] == [1, 2, 3, 4]
     rows = results.read_rows(out_dir / "runs.csv")
-    assert len(rows) == 1 and rows[0]["epochs_run"] == "6"
+    assert len(rows) == 1 and rows[0]["epochs_run"] == "4"
 
 
 # The first case splits the CPU, so it must run before any case initialises TensorFlow.
@@ -118,13 +118,14 @@ BAD_INPUTS = {
                                    "--cpu_devices > 1 makes replicas only for"),
 }
 
-# Runs every case through the binary's own flag parsing and error handling (what
-# common.run hands to absl.app.run) in ONE process, so TensorFlow is imported once.
+# Runs every bad-input case through the binary's own flag parsing and error handling (what
+# common.run hands to absl.app.run), then parses every training preset, all in ONE process,
+# so TensorFlow is imported once.
 _DRIVER = """
-import contextlib, io, json, os, sys
+import contextlib, glob, io, json, os, sys
 from absl import flags
 from benchmarks import common, train as binary
-report = {}
+cases = {}
 for name, argv, out_dir in json.loads(sys.argv[1]):
     flags.FLAGS.unparse_flags()
     err = io.StringIO()
@@ -134,29 +135,55 @@ for name, argv, out_dir in json.loads(sys.argv[1]):
             common.guard(binary.main)(common.parse_flags(["train.py", *argv]))
         except SystemExit as exit_:
             code = exit_.code
-    report[name] = [code, err.getvalue(), os.path.exists(out_dir)]
-print(json.dumps(report))
+    cases[name] = [code, err.getvalue(), os.path.exists(out_dir)]
+presets = {}
+for path in sorted(glob.glob("flags/train_*.flags") + glob.glob("flags/cpu/train_*.flags")):
+    flags.FLAGS.unparse_flags()
+    common.parse_flags(["train.py", f"--flagfile={path}"])
+    config = common.train_config()
+    presets[path] = [config.model, config.dataset, config.regime, config.batch_size,
+                     config.bn_mode, config.epochs]
+print(json.dumps({"cases": cases, "presets": presets}))
 """
 
 
-def test_every_bad_input_ends_in_one_error_line_and_no_output(tmp_path):
-    garbage = tmp_path / "garbage.npz"
+@pytest.fixture(scope="module")
+def driver_report(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bad")
+    garbage = root / "garbage.npz"
     garbage.write_bytes(b"no archive")
     cases = []
     for name, (args, _) in BAD_INPUTS.items():
-        out_dir = str(tmp_path / name.replace(" ", "_"))
+        out_dir = str(root / name.replace(" ", "_"))
         args = [arg.format(garbage=garbage) for arg in args]
         cases.append([name, [*args, "--quiet", f"--output_dir={out_dir}"], out_dir])
     done = subprocess.run([sys.executable, "-c", _DRIVER, json.dumps(cases)], cwd=REPO,
                           env=_env(), capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
-    report = json.loads(done.stdout.strip().splitlines()[-1])
-    for name, (code, err, wrote) in report.items():
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_every_bad_input_ends_in_one_error_line_and_no_output(driver_report):
+    assert set(driver_report["cases"]) == set(BAD_INPUTS)
+    for name, (code, err, wrote) in driver_report["cases"].items():
         lines = err.strip().splitlines()
         assert code in (1, 2), (name, code)
         assert len(lines) == 1, (name, err)
         assert "error:" in lines[0] and BAD_INPUTS[name][1] in lines[0], (name, lines[0])
         assert not wrote, name  # No row, no run directory.
+
+
+def test_every_train_preset_parses_into_its_config(driver_report):
+    report = driver_report["presets"]
+    paper = {"F1": "mnist", "F2": "timit", "C1": "cifar10", "C2": "cifar10", "C3": "cifar100",
+             "C4": "cifar100"}
+    for model, dataset in paper.items():
+        for regime in ("sb", "lb"):
+            name, ds, label, batch, bn_mode, _ = report[f"flags/train_{model}_{regime}.flags"]
+            assert (name, ds, label, bn_mode) == (model, dataset, regime.upper(), "batch")
+            assert batch == (256 if regime == "sb" else None)  # LB: 10% of the data.
+    assert report["flags/cpu/train_F1_fmnist_sb.flags"][:4] == ["F1", "fashion_mnist", "SB", 256]
+    assert report["flags/cpu/train_F1_fmnist_lb.flags"][:4] == ["F1", "fashion_mnist", "LB", None]
 
 
 def test_an_unknown_model_on_the_command_line_is_one_line_without_traceback(tmp_path):
@@ -204,33 +231,3 @@ def test_two_workers_report_the_losses_of_one_device(tmp_path):
                                [r["train_loss"] for r in one.history], rtol=1e-5)
     assert float(row["test_loss"]) == pytest.approx(one.test.loss, rel=1e-4)
 
-
-_PRESET_DRIVER = """
-import glob, json, sys
-from absl import flags
-from benchmarks import common, train as binary  # noqa: F401 (defines the flags)
-report = {}
-for path in sorted(glob.glob("flags/train_*.flags") + glob.glob("flags/cpu/train_*.flags")):
-    flags.FLAGS.unparse_flags()
-    common.parse_flags(["train.py", f"--flagfile={path}"])
-    config = common.train_config()
-    report[path] = [config.model, config.dataset, config.regime, config.batch_size,
-                    config.bn_mode, config.epochs]
-print(json.dumps(report))
-"""
-
-
-def test_every_train_preset_parses_into_its_config():
-    done = subprocess.run([sys.executable, "-c", _PRESET_DRIVER], cwd=REPO, env=_env(),
-                          capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr[-3000:]
-    report = json.loads(done.stdout.strip().splitlines()[-1])
-    paper = {"F1": "mnist", "F2": "timit", "C1": "cifar10", "C2": "cifar10", "C3": "cifar100",
-             "C4": "cifar100"}
-    for model, dataset in paper.items():
-        for regime in ("sb", "lb"):
-            name, ds, label, batch, bn_mode, _ = report[f"flags/train_{model}_{regime}.flags"]
-            assert (name, ds, label, bn_mode) == (model, dataset, regime.upper(), "batch")
-            assert batch == (256 if regime == "sb" else None)  # LB: 10% of the data.
-    assert report["flags/cpu/train_F1_fmnist_sb.flags"][:4] == ["F1", "fashion_mnist", "SB", 256]
-    assert report["flags/cpu/train_F1_fmnist_lb.flags"][:4] == ["F1", "fashion_mnist", "LB", None]
