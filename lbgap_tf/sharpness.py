@@ -23,17 +23,18 @@ fixed GLOBAL evaluation batch size, under a tf.distribute strategy. The model's 
 restored bit for bit afterwards.
 
 Subspaces. `FullSpace` is A = I. `RandomSubspace` (the paper's p = 100 case; the paper does not
-say how A was drawn) uses A = G R^-1, the orthonormal basis of the column space of a Gaussian
-matrix G (i.i.d. N(0, 1) entries, float32), with R the Cholesky factor of the p x p Gram matrix
-G^T G (the R of the QR factorisation of G, positive diagonal). A is therefore uniformly
-distributed on the Stiefel manifold: its columns are an orthonormal basis of a uniformly random
-p-dimensional subspace, A^T A = I and A+ x = A^T x. G is generated in row blocks of
-`block_elements` entries, block b from `tf.random.stateless_normal` with seed (seed, b), and
-never needs to be stored whole: A y and A^T g regenerate the blocks, so the subspace needs
-O(block + p^2) memory beyond a few n-vectors (C2: 15M weights, p = 100 -> 64 MiB blocks instead
-of a 6 GB matrix). When n * p * 4 bytes is at most `cache_bytes` the blocks are generated once and
-kept, which gives the same numbers without regenerating them at every evaluation.
-`MatrixSubspace` takes an explicit A (tests; A = I reproduces the full space).
+say how A was drawn) has i.i.d. N(0, 1/p) entries. With that scale a corner of the box
+(|y_j| ~ eps) moves every weight by about eps, as the full-space box does (eps (|x_i| + 1) with
+|x_i| << 1), but only along p random directions, whose curvature is typical rather than extreme;
+its columns are nearly orthogonal (A^T A = (n/p) I up to O(sqrt(p/n))). A is generated in row
+blocks of `block_elements` entries, block b from `tf.random.stateless_normal` with seed
+(seed, b), and never needs to be stored whole: A y and A^T g regenerate the blocks one at a
+time, and A+ x = (A^T A)^-1 A^T x needs only the p x p Gram matrix A^T A (accumulated over the
+blocks in float64 once). Beyond a few n-vectors the subspace then needs O(block + p^2) memory
+(C2: 15M weights, p = 100: 64 MiB blocks instead of a 6 GB matrix). When n * p * 4 bytes is at
+most `cache_bytes` the blocks are generated once and kept, which gives the same numbers without
+regenerating them at every evaluation. `MatrixSubspace` takes an explicit A (tests; A = I
+reproduces the full space).
 """
 
 from __future__ import annotations
@@ -287,14 +288,14 @@ class MatrixSubspace:
 
 
 class RandomSubspace:
-    """A = G R^-1, an orthonormal basis of a uniformly random p-dimensional subspace of R^n.
+    """A random n x p matrix A with i.i.d. N(0, 1/p) entries, defined block by block.
 
-    G (n x p, i.i.d. N(0, 1), float32) is defined block by block: rows
-    [b * rows_per_block, (b + 1) * rows_per_block) come from
-    `tf.random.stateless_normal(seed=(seed, b))`, so any block can be regenerated and G is
-    never needed whole. R is the Cholesky factor of G^T G (accumulated in float64), so
-    A^T A = I, A+ x = A^T x and A y = G (R^-1 y). The blocks are kept in memory when
-    n * p * 4 <= cache_bytes, otherwise regenerated at every product (one block at a time).
+    A = G / sqrt(p) with G i.i.d. N(0, 1) in float32: rows [b * rows_per_block,
+    (b + 1) * rows_per_block) of G come from `tf.random.stateless_normal(seed=(seed, b))`, so
+    any block can be regenerated and G is never needed whole. A+ x = (A^T A)^-1 A^T x uses the
+    p x p Gram matrix, accumulated over the blocks in float64 at construction. The blocks are
+    kept in memory when n * p * 4 <= cache_bytes, otherwise regenerated at every product (one
+    block at a time).
     """
 
     kind = "random"
@@ -312,12 +313,12 @@ class RandomSubspace:
         self.rows_per_block = min(self.num_weights, int(block_elements) // self.dim)
         self.num_blocks = -(-self.num_weights // self.rows_per_block)
         self.cached = self.num_weights * self.dim * 4 <= cache_bytes
+        self._scale = 1.0 / math.sqrt(self.dim)
         self._cache = None
         if self.cached:
             self._cache = tf.concat([self._generate(tf.constant(b)) for b in
                                      range(self.num_blocks)], axis=0)
-        gram = self._gram()
-        self._chol = tf.linalg.cholesky(gram)  # lower L with G^T G = L L^T, R = L^T
+        self.gram = self._gram() * (self._scale ** 2)  # A^T A, float64 [p, p]
 
     def _rows(self, block):
         start = block * self.rows_per_block
@@ -336,6 +337,7 @@ class RandomSubspace:
         return self._cache[start:start + size]
 
     def _gram(self) -> tf.Tensor:
+        """G^T G in float64."""
         def body(b, total):
             g = tf.cast(self._block(b), tf.float64)
             return b + 1, total + tf.matmul(g, g, transpose_a=True)
@@ -345,8 +347,10 @@ class RandomSubspace:
                                 parallel_iterations=1)
         return gram
 
-    def _g_matvec(self, v: tf.Tensor) -> tf.Tensor:
-        """G v for float32 v [p], block by block (float32 [n])."""
+    def matvec(self, y: tf.Tensor) -> tf.Tensor:
+        """A y = G (y / sqrt(p)), block by block: float64 y [p] -> float32 [n]."""
+        v = tf.cast(tf.cast(y, tf.float64) * self._scale, tf.float32)
+
         def body(b, parts):
             return b + 1, parts.write(b, tf.linalg.matvec(self._block(b), v))
 
@@ -356,8 +360,10 @@ class RandomSubspace:
                                  parallel_iterations=1)
         return tf.reshape(parts.concat(), [self.num_weights])
 
-    def _g_rmatvec(self, g: tf.Tensor) -> tf.Tensor:
-        """G^T g for float32 g [n], accumulated over blocks in float64 ([p])."""
+    def rmatvec(self, g: tf.Tensor) -> tf.Tensor:
+        """A^T g = (G^T g) / sqrt(p), accumulated over blocks in float64: g [n] -> [p]."""
+        g = tf.cast(g, tf.float32)
+
         def body(b, total):
             start, size = self._rows(b)
             part = tf.linalg.matvec(self._block(b), g[start:start + size], transpose_a=True)
@@ -366,22 +372,11 @@ class RandomSubspace:
         _, total = tf.while_loop(lambda b, _: b < self.num_blocks, body,
                                  [tf.constant(0), tf.zeros([self.dim], tf.float64)],
                                  parallel_iterations=1)
-        return total
-
-    def matvec(self, y: tf.Tensor) -> tf.Tensor:
-        """A y = G (L^-T y): float64 y [p] -> float32 [n]."""
-        v = tf.linalg.triangular_solve(self._chol, tf.cast(y, tf.float64)[:, None], lower=True,
-                                       adjoint=True)[:, 0]
-        return self._g_matvec(tf.cast(v, tf.float32))
-
-    def rmatvec(self, g: tf.Tensor) -> tf.Tensor:
-        """A^T g = L^-1 (G^T g): g [n] -> float64 [p]."""
-        u = self._g_rmatvec(tf.cast(g, tf.float32))
-        return tf.linalg.triangular_solve(self._chol, u[:, None], lower=True)[:, 0]
+        return total * self._scale
 
     def coordinates(self, x: tf.Tensor) -> np.ndarray:
-        """A+ x = A^T x (A has orthonormal columns)."""
-        return self.rmatvec(x).numpy()
+        """A+ x = (A^T A)^-1 A^T x, with only the p x p Gram matrix."""
+        return np.linalg.solve(self.gram.numpy(), self.rmatvec(x).numpy())
 
 
 # --------------------------------------------------------------------------------------------

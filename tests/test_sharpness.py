@@ -132,23 +132,27 @@ def _explicit(space):
                      for j in range(space.dim)], axis=1).astype(np.float64)
 
 
-def test_random_subspace_is_the_orthonormalised_gaussian_blocks():
+def test_random_subspace_is_the_scaled_gaussian_blocks():
     n, p, seed = 1000, 7, 5
     space = sharpness.RandomSubspace(n, p, seed=seed, block_elements=300 * p, cache_bytes=0)
     assert (space.rows_per_block, space.num_blocks, space.cached) == (300, 4, False)
     gaussian = np.concatenate([
         tf.random.stateless_normal([min(300, n - 300 * b), p], seed=[seed, b]).numpy()
         for b in range(4)]).astype(np.float64)
-    q, r = np.linalg.qr(gaussian)
-    q *= np.sign(np.diag(r))  # the QR factor with a positive diagonal R
+    expected = gaussian / np.sqrt(p)  # i.i.d. N(0, 1/p)
     a = _explicit(space)
-    np.testing.assert_allclose(a, q, atol=2e-6)
-    np.testing.assert_allclose(a.T @ a, np.eye(p), atol=1e-5)
-    g = np.random.default_rng(0).normal(size=n).astype(np.float32)
-    np.testing.assert_allclose(space.rmatvec(tf.constant(g)).numpy(), q.T @ g, rtol=1e-5)
+    np.testing.assert_allclose(a, expected, rtol=1e-6, atol=1e-7)
+    assert np.mean(a ** 2) == pytest.approx(1 / p, rel=0.05)
+    np.testing.assert_allclose(space.gram.numpy(), expected.T @ expected, rtol=1e-10)
+    rng = np.random.default_rng(0)
+    g = rng.normal(size=n).astype(np.float32)
+    np.testing.assert_allclose(space.rmatvec(tf.constant(g)).numpy(), expected.T @ g, rtol=1e-5)
+    x = rng.normal(size=n).astype(np.float32)
+    np.testing.assert_allclose(space.coordinates(tf.constant(x)),
+                               np.linalg.lstsq(expected, x, rcond=None)[0], rtol=1e-5)
     cached = sharpness.RandomSubspace(n, p, seed=seed, block_elements=300 * p)
     assert cached.cached
-    np.testing.assert_array_equal(_explicit(cached), _explicit(space).astype(np.float32))
+    np.testing.assert_array_equal(_explicit(cached), a)
     other = sharpness.RandomSubspace(n, p, seed=seed + 1)
     assert not np.allclose(_explicit(other), a, atol=1e-3)
 
@@ -156,7 +160,7 @@ def test_random_subspace_is_the_orthonormalised_gaussian_blocks():
 @pytest.mark.parametrize("solver", sharpness.SOLVERS)
 def test_random_subspace_linear_maximum_and_bound(solver):
     """In a subspace the linear maximum is g.x + sum_j |(A^T g)_j| eps (|(A^T x)_j| + 1)."""
-    n, p, eps = 2000, 10, 1e-3
+    n, p, eps = 4000, 10, 1e-3
     rng = np.random.default_rng(2)
     x = rng.normal(0, 0.1, n).astype(np.float32)
     g = rng.normal(size=n).astype(np.float32)
@@ -177,7 +181,8 @@ def test_random_subspace_linear_maximum_and_bound(solver):
     expected = gx + np.sum(np.abs(a.T @ g) * radius)
     full = gx + np.sum(np.abs(g) * eps * (np.abs(x) + 1.0))
     assert result.best_value == pytest.approx(expected, rel=1e-4)
-    assert result.best_value - gx < 0.1 * (full - gx)
+    # About sqrt(p / n) = 0.05 of the full-space gain for a Gaussian g.
+    assert result.best_value - gx < 0.2 * (full - gx)
 
 
 # ------------------------------------------------------------------ the metric on a Keras model
