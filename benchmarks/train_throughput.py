@@ -17,7 +17,9 @@ Methods:
 - ``fit_spe10``: ``model.fit`` with ``steps_per_execution=10``;
 - ``fit_jit``: ``model.fit`` with ``jit_compile=True``;
 - ``train``: ``lbgap_tf.train.train`` under ``--strategy`` (what ``benchmarks.train`` runs);
-- ``train_jit``: the same with ``jit_compile=True`` (single replica only).
+- ``train_default``: the same under the default strategy (one replica), whatever
+  ``--strategy`` is, to compare replica counts in one process;
+- ``train_jit``: ``train_default`` with ``jit_compile=True``.
 
 Both count full batches only (``fit`` also runs the last partial batch; its examples are
 counted). One row per (regime, method) goes to ``<output_dir>/throughput.csv``, and the
@@ -32,13 +34,14 @@ import tempfile
 import time
 
 import keras
+import tensorflow as tf
 from absl import flags
 
 from benchmarks import common
 from lbgap_tf import distribute, models, results, train
 
 FLAGS = flags.FLAGS
-METHODS = ("fit", "fit_spe10", "fit_jit", "train", "train_jit")
+METHODS = ("fit", "fit_spe10", "fit_jit", "train", "train_default", "train_jit")
 
 common.define_model_data_flags()
 common.define_distribution_flags()
@@ -99,9 +102,11 @@ def _train_rates(config, train_data, test_data, strategy):
 
 
 def _measure(method, config, train_data, test_data, strategy):
-    if method.startswith("train"):
-        config = dataclasses.replace(config, jit_compile=method == "train_jit")
+    if method == "train":
         return _train_rates(config, train_data, test_data, strategy)
+    if method.startswith("train_"):
+        config = dataclasses.replace(config, jit_compile=method == "train_jit")
+        return _train_rates(config, train_data, test_data, tf.distribute.get_strategy())
     return _fit_rates(method, config, train_data, config.batch_size)
 
 
@@ -128,7 +133,7 @@ def main(argv):
                 measured[method][2].append(startup)
                 measured[method][3].append(os.getloadavg()[0])
         for method, (rates, cpu_rates, startups, loads) in measured.items():
-            replicas = description["replicas"] if method.startswith("train") else 1
+            replicas = description["replicas"] if method == "train" else 1
             mean, std = results.mean_std(rates)
             cpu_mean, _ = results.mean_std(cpu_rates)
             load = max(loads)
