@@ -152,7 +152,9 @@ def test_random_subspace_is_the_scaled_gaussian_blocks():
                                np.linalg.lstsq(expected, x, rcond=None)[0], rtol=1e-5)
     cached = sharpness.RandomSubspace(n, p, seed=seed, block_elements=300 * p)
     assert cached.cached
-    np.testing.assert_array_equal(_explicit(cached), a)
+    np.testing.assert_allclose(_explicit(cached), a, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(cached.rmatvec(tf.constant(g)).numpy(), expected.T @ g, rtol=1e-5)
+    np.testing.assert_array_equal(cached.gram.numpy(), space.gram.numpy())
     other = sharpness.RandomSubspace(n, p, seed=seed + 1)
     assert not np.allclose(_explicit(other), a, atol=1e-3)
 
