@@ -82,27 +82,35 @@ def get_strategy(
             )
         split_cpu(cpu_devices)
 
+    if name == "multi_worker_mirrored":
+        # Collective ops are configured when the strategy is created, which must happen before
+        # anything initialises the TensorFlow context (even listing logical devices).
+        _check_tf_config()
+        try:
+            return tf.distribute.MultiWorkerMirroredStrategy()
+        except RuntimeError as error:
+            raise ValueError(
+                f"cannot start multi-worker collectives ({error}): create the strategy before "
+                "any TensorFlow op (binaries do so at startup)") from error
+    if name == "tpu":
+        return _tpu_strategy(tpu_address)
     gpus = tf.config.list_logical_devices("GPU")
     if name == "default":
         return tf.distribute.get_strategy()
     if name == "one_device":
         return tf.distribute.OneDeviceStrategy(gpus[0].name if gpus else "/cpu:0")
-    if name == "mirrored":
-        if gpus:
-            if cpu_devices not in (None, 1):
-                raise ValueError(
-                    "cpu_devices splits the CPU, but this machine has GPUs and mirrored "
-                    "replicates over the GPUs: drop cpu_devices"
-                )
-            return tf.distribute.MirroredStrategy([gpu.name for gpu in gpus])
-        cpus = [cpu.name for cpu in tf.config.list_logical_devices("CPU")]
-        return tf.distribute.MirroredStrategy(
-            cpus, cross_device_ops=tf.distribute.ReductionToOneDevice()
-        )
-    if name == "multi_worker_mirrored":
-        _check_tf_config()
-        return tf.distribute.MultiWorkerMirroredStrategy()
-    return _tpu_strategy(tpu_address)
+    # mirrored: every GPU, else every logical CPU.
+    if gpus:
+        if cpu_devices not in (None, 1):
+            raise ValueError(
+                "cpu_devices splits the CPU, but this machine has GPUs and mirrored "
+                "replicates over the GPUs: drop cpu_devices"
+            )
+        return tf.distribute.MirroredStrategy([gpu.name for gpu in gpus])
+    cpus = [cpu.name for cpu in tf.config.list_logical_devices("CPU")]
+    return tf.distribute.MirroredStrategy(
+        cpus, cross_device_ops=tf.distribute.ReductionToOneDevice()
+    )
 
 
 def _check_tf_config() -> None:
