@@ -129,7 +129,11 @@ def test_crash_between_stages_resumes_without_repeating(tmp_path, monkeypatch):
         calls["train"] += 1
         return real_train(*args, **kwargs)
 
-    monkeypatch.setattr(sharpness.SharpnessProblem, "measure", real_measure)
+    def counting_measure(self, *args, **kwargs):
+        calls["measure"] += 1
+        return real_measure(self, *args, **kwargs)
+
+    monkeypatch.setattr(sharpness.SharpnessProblem, "measure", counting_measure)
     monkeypatch.setattr(train, "train", counting_train)
     calls["measure"] = 0
     gap.run(config, output_dir=output_dir, quiet=True)
