@@ -63,7 +63,7 @@ def _sharpness_table(table: list[dict], published: dict, paper_dim: int | None =
         for eps in epsilons:
             ratio = row[f"eps{eps:g}_ratio"]
             cells += [row[f"eps{eps:g}_SB"], row[f"eps{eps:g}_LB"],
-                      "" if ratio is None else f"{ratio:.1f}"]
+                      "" if ratio is None else f"{ratio:.3g}"]
         rows.append(cells)
         same_space = paper_dim is None or str(row["subspace_dim"]) == str(paper_dim)
         if row["solver"] == "lbfgsb" and same_space \
@@ -73,7 +73,7 @@ def _sharpness_table(table: list[dict], published: dict, paper_dim: int | None =
             for eps in epsilons:
                 sb, lb = values.get((eps, "SB")), values.get((eps, "LB"))
                 cells += [_paper_cell(sb), _paper_cell(lb),
-                          f"{lb[0] / sb[0]:.1f}" if sb and lb and sb[0] else ""]
+                          f"{lb[0] / sb[0]:.3g}" if sb and lb and sb[0] else ""]
             rows.append(cells)
     return _markdown(header, rows)
 
@@ -107,9 +107,9 @@ def _findings(outcome) -> list[str]:
             if metric != "sharpness_ratio" or not values:
                 continue
             space = "full space" if subspace == "full" else f"random subspace p={dim}"
-            trials = ", ".join(f"{value:.1f}" for _, value in sorted(values.items()))
+            trials = ", ".join(f"{value:.3g}" for _, value in sorted(values.items()))
             lines.append(f"  LB/SB sharpness, {space}, {solver}, ε={eps:g}: per trial "
-                         f"[{trials}], smallest {min(values.values()):.1f}x.")
+                         f"[{trials}], smallest {min(values.values()):.3g}x.")
         low, high = paper.DISTANCE_RATIO_RANGE
         lines.append(f"  ‖x_SB−x0‖ / ‖x_LB−x0‖ = {row['distance_ratio']} "
                      f"(paper: {low:g} – {high:g}).")
