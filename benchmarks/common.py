@@ -126,7 +126,14 @@ def define_optimization_flags() -> None:
 
 
 def define_distribution_flags() -> None:
-    """--strategy, --cpu_devices, --tpu_address, --precision, --jit_compile."""
+    """The strategy flags (``define_strategy_flags``), --precision and --jit_compile."""
+    define_strategy_flags()
+    flags.DEFINE_enum("precision", "float32", train.PRECISIONS, "Keras dtype policy.")
+    flags.DEFINE_bool("jit_compile", False, "XLA-compile the training steps (one replica).")
+
+
+def define_strategy_flags() -> None:
+    """--strategy, --cpu_devices, --tpu_address and the checks of their combinations."""
     flags.DEFINE_enum(
         "strategy", "default", distribute.STRATEGIES,
         "tf.distribute strategy: default (one device), one_device, mirrored (all GPUs, else "
@@ -137,8 +144,6 @@ def define_distribution_flags() -> None:
                          "--strategy=mirrored on a machine without GPUs).")
     flags.DEFINE_string("tpu_address", None, "TPU name or grpc://host:port ('local' on a TPU "
                         "VM); only with --strategy=tpu.")
-    flags.DEFINE_enum("precision", "float32", train.PRECISIONS, "Keras dtype policy.")
-    flags.DEFINE_bool("jit_compile", False, "XLA-compile the training steps (one replica).")
     _validate("cpu_devices", lambda v: v >= 1, "--cpu_devices must be at least 1")
     flags.register_multi_flags_validator(
         ["strategy", "cpu_devices"],

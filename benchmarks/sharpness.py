@@ -61,14 +61,7 @@ flags.DEFINE_integer("eval_batch_size", None, "GLOBAL evaluation batch of f (bat
 flags.DEFINE_string("data_dir", None, "Folder with local copies of the data files "
                     "(see BUILD.md, 'Preparing data').")
 flags.DEFINE_string("tfds_data_dir", None, "TensorFlow Datasets data folder.")
-flags.DEFINE_enum("strategy", "default", distribute.STRATEGIES,
-                  "tf.distribute strategy of the evaluations: default (one device), one_device, "
-                  "mirrored (all GPUs, else all logical CPUs, see --cpu_devices), "
-                  "multi_worker_mirrored (cluster from TF_CONFIG), tpu (see --tpu_address).")
-flags.DEFINE_integer("cpu_devices", None, "Split the CPU into this many logical devices "
-                     "(replicas of --strategy=mirrored on a machine without GPUs).")
-flags.DEFINE_string("tpu_address", None, "TPU name or grpc://host:port; only with "
-                    "--strategy=tpu.")
+common.define_strategy_flags()
 flags.DEFINE_string("output_dir", "results/", "Holds runs.csv and runs/ of benchmarks.train; "
                     "receives sharpness.csv.")
 flags.DEFINE_integer("seed", 0, "Seed of the random subspaces and of the evaluation subset.")
@@ -86,16 +79,6 @@ flags.register_validator("eval_examples", lambda v: v is None or v >= 1,
                          message="--eval_examples must be >= 1 (or unset for all examples)")
 flags.register_validator("eval_batch_size", lambda v: v is None or v >= 1,
                          message="--eval_batch_size must be >= 1")
-flags.register_validator("cpu_devices", lambda v: v is None or v >= 1,
-                         message="--cpu_devices must be at least 1")
-flags.register_multi_flags_validator(
-    ["strategy", "cpu_devices"],
-    lambda f: f["cpu_devices"] in (None, 1) or f["strategy"] == "mirrored",
-    message="--cpu_devices > 1 makes replicas only for --strategy=mirrored: add "
-            "--strategy=mirrored or drop --cpu_devices")
-flags.register_multi_flags_validator(
-    ["strategy", "tpu_address"], lambda f: f["tpu_address"] is None or f["strategy"] == "tpu",
-    message="--tpu_address needs --strategy=tpu")
 flags.register_validator("seed", lambda v: v >= 0, message="--seed must be >= 0")
 flags.register_validator("output_dir", bool, message="--output_dir must not be empty")
 
