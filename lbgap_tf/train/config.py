@@ -1,0 +1,189 @@
+"""The configuration of one training run: ``TrainConfig``, its checks and resolution, and the
+stopping rule.
+
+A ``TrainConfig`` says everything that defines a run (nothing about where files go); its
+checks raise ``TrainError``, one line naming the problem and the fix. ``resolve`` fills in the
+dataset and the GLOBAL batch size against the training set and replica count; ``stop_reason``
+applies the fixed-epochs or plateau rule to the losses of the epochs run so far.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import numpy as np
+
+from lbgap_tf import data, models
+
+OPTIMIZERS = ("adam", "sgd", "adagrad")
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+REGIMES = ("SB", "LB")
+SB_BATCH_SIZE = 256  # The paper's small batch.
+PAPER_LB_FRACTION = 0.1  # The paper's large batch: 10% of the training set.
+
+
+class TrainError(ValueError):
+    """A training run cannot start or continue; the message names the problem and the fix."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Everything that defines one training run (and nothing about where files go).
+
+    Attributes:
+      model: network name, one of ``models.MODEL_NAMES``.
+      dataset: one of ``data.DATASET_NAMES``; None means the model's paper dataset.
+      regime: "SB" or "LB", the label of the run and the default batch size rule.
+      batch_size: GLOBAL batch size, summed over all replicas and workers; None means 256 for
+        SB and ``round(lb_fraction * training-set size)`` for LB.
+      lb_fraction: LB's batch as a fraction of the training set (the paper's 10%).
+      epochs: epochs to train, or the cap when plateau stopping is on.
+      plateau_patience: 0 trains exactly ``epochs``; k > 0 stops once the epoch's training loss
+        has failed k consecutive epochs to improve on the best loss so far by more than
+        ``plateau_tol`` (relative), the paper's "until the loss ceased to improve".
+      plateau_tol: relative improvement that counts as progress under plateau stopping.
+      optimizer: "adam" (Keras defaults beta_1 0.9, beta_2 0.999, as the paper), "sgd" (with
+        ``momentum``) or "adagrad". A fresh optimizer state starts every run.
+      learning_rate: the optimizer's learning rate (1e-3, the Keras ADAM default).
+      momentum: SGD momentum (ignored by the other optimizers).
+      bn_mode: "moving" (standard Keras BN) or "batch" (the authors' batch statistics at
+        inference too; evaluation batch size then changes the result).
+      bn_sync: synchronise BN statistics across replicas (the global batch's statistics).
+      precision: Keras dtype policy: "float32", "mixed_bfloat16" or "mixed_float16" (the
+        latter with dynamic loss scaling).
+      jit_compile: XLA-compile the training steps (single-replica strategies only).
+      seed: seeds the initial weights (unless ``x0_path``), data order and dropout.
+      deterministic: enable TensorFlow op determinism (process-wide) for bit-reproducible
+        runs and resumes.
+      eval_every_epoch: evaluate on the full training and test sets after every epoch.
+      eval_batch_size: GLOBAL batch size of full-set evaluation (the authors used 5000).
+      steps_per_call: training steps per ``tf.function`` call (fewer Python round trips;
+        progress is reported between calls).
+      x0_path: initial weights (an ``x0.npz`` written by ``save_x0``, e.g. another run's);
+        None draws them from ``seed``.
+      synthetic: the synthetic task's spec when ``dataset == "synthetic"`` (None: the data
+        module's default).
+    """
+
+    model: str = "F1"
+    dataset: str | None = None
+    regime: str = "SB"
+    batch_size: int | None = None
+    lb_fraction: float = PAPER_LB_FRACTION
+    epochs: int = 20
+    plateau_patience: int = 0
+    plateau_tol: float = 1e-3
+    optimizer: str = "adam"
+    learning_rate: float = 1e-3
+    momentum: float = 0.9
+    bn_mode: str = "moving"
+    bn_sync: bool = True
+    precision: str = "float32"
+    jit_compile: bool = False
+    seed: int = 0
+    deterministic: bool = True
+    eval_every_epoch: bool = False
+    eval_batch_size: int = 5000
+    steps_per_call: int = 100
+    x0_path: str | None = None
+    synthetic: data.SyntheticSpec | None = None
+
+    def __post_init__(self):
+        _choice("model", self.model, models.MODEL_NAMES)
+        if self.dataset is not None:
+            _choice("dataset", self.dataset, data.DATASET_NAMES)
+        _choice("regime", self.regime, REGIMES)
+        _choice("optimizer", self.optimizer, OPTIMIZERS)
+        _choice("bn_mode", self.bn_mode, models.BN_MODES)
+        _choice("precision", self.precision, PRECISIONS)
+        if self.batch_size is not None:
+            _positive_int("batch_size", self.batch_size)
+        _positive_int("epochs", self.epochs)
+        _positive_int("eval_batch_size", self.eval_batch_size)
+        _positive_int("steps_per_call", self.steps_per_call)
+        if isinstance(self.plateau_patience, bool) or not isinstance(self.plateau_patience, int) \
+                or self.plateau_patience < 0:
+            raise TrainError(
+                f"plateau_patience must be an integer >= 0 (0: fixed epochs), got "
+                f"{self.plateau_patience!r}")
+        if not 0 < self.lb_fraction <= 1:
+            raise TrainError(
+                f"lb_fraction must be in (0, 1], got {self.lb_fraction}: the paper's LB is 0.1")
+        if not self.learning_rate > 0:
+            raise TrainError(f"learning_rate must be positive, got {self.learning_rate}")
+        if not self.plateau_tol >= 0:
+            raise TrainError(f"plateau_tol must be >= 0, got {self.plateau_tol}")
+        if not 0 <= self.momentum < 1:
+            raise TrainError(f"momentum must be in [0, 1), got {self.momentum}")
+
+    @property
+    def stop_rule(self) -> str:
+        """The stopping rule as recorded in rows, e.g. "epochs=20" or
+        "plateau(tol=0.001,patience=5,cap=100)"."""
+        if self.plateau_patience == 0:
+            return f"epochs={self.epochs}"
+        return (f"plateau(tol={self.plateau_tol:g},patience={self.plateau_patience},"
+                f"cap={self.epochs})")
+
+
+def _choice(name, value, allowed):
+    if value not in allowed:
+        raise TrainError(f"unknown {name} {value!r}: choose one of {', '.join(allowed)}")
+
+
+def _positive_int(name, value):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise TrainError(f"{name} must be a positive integer, got {value!r}")
+
+
+def resolve(config: TrainConfig, num_train: int, replicas: int) -> TrainConfig:
+    """``config`` with ``dataset`` and the GLOBAL ``batch_size`` filled in and checked.
+
+    Raises:
+      TrainError: the batch is larger than the training set, or not divisible by the
+        number of replicas (every replica must take an equal slice of each global batch).
+    """
+    dataset = config.dataset or models.spec(config.model).dataset
+    batch_size = config.batch_size
+    if batch_size is None:
+        if config.regime == "SB":
+            batch_size = SB_BATCH_SIZE
+        else:
+            batch_size = max(1, round(config.lb_fraction * num_train))
+    if batch_size > num_train:
+        raise TrainError(
+            f"global batch size {batch_size} is larger than the training set ({num_train} "
+            f"examples of {dataset}): pass a --batch_size of at most {num_train}")
+    if batch_size % replicas:
+        raise TrainError(
+            f"global batch size {batch_size} is not divisible by the {replicas} replicas: "
+            f"pass a --batch_size that is a multiple of {replicas}, or change the replica count")
+    return dataclasses.replace(config, dataset=dataset, batch_size=batch_size)
+
+
+def stop_reason(losses: Sequence[float], config: TrainConfig) -> str | None:
+    """Why training stops after the epochs whose training losses are ``losses``, or None.
+
+    "plateau": ``plateau_patience`` consecutive epochs without a relative improvement of
+    more than ``plateau_tol`` over the best loss so far (the best moves only on such an
+    improvement, as in ``keras.callbacks.EarlyStopping``); "epochs": the fixed count (or the
+    cap, under plateau stopping) is reached.
+    """
+    if config.plateau_patience and losses:
+        best, flat = losses[0], 0
+        for loss in losses[1:]:
+            if best - loss > config.plateau_tol * abs(best):
+                best, flat = loss, 0
+            else:
+                flat += 1
+        if flat >= config.plateau_patience:
+            return "plateau"
+    if len(losses) >= config.epochs:
+        return "epochs"
+    return None
+
+
+def config_dict(config: TrainConfig) -> dict:
+    """``config`` as a JSON-serialisable dict (the synthetic spec as a nested dict)."""
+    return dataclasses.asdict(config)
