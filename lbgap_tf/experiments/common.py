@@ -12,16 +12,17 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import keras
 import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from lbgap_tf import data, distribute, results, train
+from lbgap_tf import data, distribute, results, sharpness, sharpness_rows, train
 
 RUNS_FILE = "runs.csv"
+SHARPNESS_FILE = "sharpness.csv"
 
 
 @dataclasses.dataclass
@@ -108,6 +109,72 @@ class RunStore:
                 run.model = keras.models.load_model(
                     os.path.join(run.run_dir, train.MODEL_FILE), compile=False)
         return run.model
+
+
+def measure_sharpness(load_model: Callable[[], keras.Model], run_row: Mapping[str, object], *,
+                      plan, seed: int, train_data: data.SplitData, output_dir: str,
+                      strategy: tf.distribute.Strategy, benchmark: str, precision: str,
+                      nondefault_flags: str = "", progress: Progress | None = None
+                      ) -> list[dict]:
+    """Sharpness (Metric 2.1) of the weights of the model ``load_model()`` returns (called
+    only when a measurement is missing) for every space, solver and epsilon of ``plan`` (a
+    ``gap.SharpnessPlan``), one ``sharpness.csv`` row each.
+
+    ``run_row`` supplies the row's provenance (``sharpness_rows.RUN_PROVENANCE``); its
+    ``run_id`` keys the measurements, so a snapshot of a run (weights after epoch k) passes
+    a row whose run id names the epoch. Measurements already in ``sharpness.csv`` are not
+    repeated. ``seed`` draws the evaluation subset and the random subspaces. Returns the
+    rows of every measurement of the plan (earlier and new).
+    """
+    path = os.path.join(output_dir, SHARPNESS_FILE)
+    num_train = train_data.info.num_examples
+    eval_examples = min(plan.eval_examples or num_train, num_train)
+    eval_batch = min(plan.eval_batch_size, eval_examples)
+    run_id = str(run_row["run_id"])
+
+    def key(dim, solver, eps):
+        return sharpness_rows.measurement_key(
+            run_id, subspace_dim=dim, subspace_seed=seed, epsilon=eps, solver=solver,
+            max_iter=plan.max_iter, eval_examples=eval_examples, eval_batch_size=eval_batch)
+
+    wanted = {key(dim, solver, eps) for dim in plan.subspace_dims for solver in plan.solvers
+              for eps in plan.epsilons}
+    finished = sharpness_rows.finished_keys(results.read_rows(path))
+    problem = None
+    description = distribute.describe(strategy)
+    for dim in plan.subspace_dims:
+        space = None
+        for solver in plan.solvers:
+            space_name = "full space" if dim is None else f"random subspace p={dim}"
+            label = f"{run_id}: sharpness, {space_name}, {solver}"
+            missing = [eps for eps in plan.epsilons if key(dim, solver, eps) not in finished]
+            if not missing:
+                if progress:
+                    progress.stage(f"{label}: measured earlier, skipped")
+                continue
+            if progress:
+                progress.stage(f"{label}, eps {', '.join(f'{e:g}' for e in missing)}")
+            if problem is None:
+                problem = sharpness.SharpnessProblem(
+                    load_model(), train_data.features, train_data.labels,
+                    eval_batch_size=eval_batch,
+                    eval_examples=None if eval_examples == num_train else eval_examples,
+                    subset_seed=seed, strategy=strategy)
+            if space is None:
+                space = problem.space(dim, seed=seed)
+            for result in problem.measure(missing, space=space, solver=solver,
+                                          max_iter=plan.max_iter, seed=seed):
+                row = sharpness_rows.sharpness_row(
+                    result, run_row, benchmark=benchmark, strategy=description,
+                    precision=precision, nondefault_flags=nondefault_flags)
+                if train.is_chief(strategy):
+                    results.append_row(path, row)
+    return [row for row in results.read_rows(path) if sharpness_rows.row_key(row) in wanted]
+
+
+def sharpness_steps(plan) -> int:
+    """Progress stages ``measure_sharpness`` logs for one model (one per space and solver)."""
+    return len(plan.subspace_dims) * len(plan.solvers)
 
 
 def training_subset(split: data.SplitData, size: int | None, seed: int

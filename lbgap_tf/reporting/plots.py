@@ -83,7 +83,7 @@ def parametric_plot(rows: Iterable[Row], kind: str, path: str) -> str:
     ``kind`` ("linear" or "curvilinear") against alpha; x_SB at 0, x_LB at 1."""
     points = sorted(_rows_of(rows, kind), key=lambda row: number(row["alpha"]))
     alpha = [number(row["alpha"]) for row in points]
-    figure, loss_axis = plt.subplots(figsize=(7.5, 4.8))
+    figure, loss_axis = plt.subplots(figsize=(7.5, 4.8), layout="constrained")
     accuracy_axis = loss_axis.twinx()
     for split, style in (("train", "-"), ("test", "--")):
         loss_axis.plot(alpha, [number(row[f"{split}_loss"]) for row in points], style,
@@ -118,7 +118,7 @@ def slices_plot(rows: Iterable[Row], path: str) -> str:
     lines = collections.defaultdict(list)
     for row in points:
         lines[(row["center"], row["direction"])].append(row)
-    figure, axis = plt.subplots(figsize=(7.5, 4.8))
+    figure, axis = plt.subplots(figsize=(7.5, 4.8), layout="constrained")
     for (center, direction), line in sorted(lines.items()):
         line.sort(key=lambda row: number(row["alpha"]))
         steps = [number(row["alpha"]) for row in line]
@@ -152,7 +152,7 @@ def contours_plot(rows: Iterable[Row], path: str) -> str:
         raise PlotError("the contour rows hold no finite positive loss to plot")
     norm = colors.LogNorm(vmin=min(finite), vmax=max(finite))
     levels = [min(finite) * (max(finite) / min(finite)) ** (k / 14) for k in range(15)]
-    figure, axes = plt.subplots(1, 2, figsize=(10, 4.6), sharey=True)
+    figure, axes = plt.subplots(1, 2, figsize=(10, 4.6), sharey=True, layout="constrained")
     mappable = None
     for axis, center in zip(axes, ("SB", "LB"), strict=True):
         mine = [row for row in points if row["center"] == center]
@@ -201,3 +201,99 @@ def parametric_figures(rows: Sequence[Row], output_dir: str) -> list[str]:
             written.append(contours_plot(mine, os.path.join(output_dir,
                                                             f"contours_{experiment}.png")))
     return written
+
+
+# --- trial curves with mean ± std bands (Fig. 4, Fig. 5) ------------------------------------
+
+SHARPNESS_SETTING = ("sharpness_subspace", "sharpness_subspace_dim", "sharpness_solver",
+                     "sharpness_epsilon", "sharpness_max_iter", "sharpness_eval_examples")
+
+
+def sharpness_text(row: Row, prefix: str = "sharpness_") -> str:
+    """A sharpness setting in words, e.g. "full space, lbfgsb 10 it., ε=0.001, 10000 ex."."""
+    space = "full space" if row[f"{prefix}subspace"] == "full" else \
+        f"random subspace p={row[f'{prefix}subspace_dim']}"
+    return (f"{space}, {row[f'{prefix}solver']} {row[f'{prefix}max_iter']} it., "
+            f"ε={number(row[f'{prefix}epsilon']):g}, {row[f'{prefix}eval_examples']} train ex.")
+
+
+def trial_curves(axis, rows: Sequence[Row], x_column: str, value, *, color="tab:blue",
+                 label: str | None = None) -> None:
+    """One thin line per trial (``trial`` column) of value(row) against ``x_column``, and the
+    mean over trials with a ±1 sample-std band where two or more trials share an x."""
+    by_trial = collections.defaultdict(list)
+    for row in rows:
+        by_trial[row["trial"]].append(row)
+    by_x = collections.defaultdict(list)
+    for trial, mine in sorted(by_trial.items()):
+        mine.sort(key=lambda row: number(row[x_column]))
+        xs = [number(row[x_column]) for row in mine]
+        ys = [value(row) for row in mine]
+        axis.plot(xs, ys, "-", color=color, alpha=0.35, linewidth=1, marker=".",
+                  label=f"trial {trial}" if len(by_trial) > 1 and label is None else None)
+        for x, y in zip(xs, ys, strict=True):
+            by_x[x].append(y)
+    xs = sorted(by_x)
+    means = [sum(by_x[x]) / len(by_x[x]) for x in xs]
+    axis.plot(xs, means, "-", color=color, linewidth=2, marker="o", markersize=4,
+              label=label or ("mean" if len(by_trial) > 1 else None))
+    if len(by_trial) > 1:
+        stds = [_std(by_x[x]) for x in xs]
+        axis.fill_between(xs, [m - s for m, s in zip(means, stds, strict=True)],
+                          [m + s for m, s in zip(means, stds, strict=True)], color=color,
+                          alpha=0.2, linewidth=0, label="mean ± std" if label is None else None)
+
+
+def _std(values: Sequence[float]) -> float:
+    if len(values) < 2:
+        return 0.0
+    mean = sum(values) / len(values)
+    return math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+
+
+def _settings_groups(rows: Sequence[Row]) -> list[list[Row]]:
+    groups = collections.defaultdict(list)
+    for row in rows:
+        groups[tuple(row[c] for c in SHARPNESS_SETTING)].append(row)
+    return [groups[key] for key in sorted(groups)]
+
+
+def _run_settings(row: Row, trials: int) -> str:
+    return (f"{row['model']} on {row['dataset']}, {bn_text(row)}, {row['optimizer']} lr "
+            f"{number(row['learning_rate']):g}, {trials} trial{'s' if trials > 1 else ''}")
+
+
+def sweep_plot(rows: Sequence[Row], path: str) -> str:
+    """Fig. 4: test accuracy and the sharpness of the final iterate against the GLOBAL batch
+    size (log axis), one panel per sharpness setting; thin lines are trials."""
+    if not rows:
+        raise PlotError("no batch-sweep rows to plot: run the sweep first")
+    groups = _settings_groups(rows)
+    figure, axes = plt.subplots(1, 1 + len(groups), figsize=(5 * (1 + len(groups)), 4.4),
+                               layout="constrained")
+    accuracy_rows = list({(row["run_id"]): row for row in rows}.values())
+    trial_curves(axes[0], accuracy_rows, "batch_size",
+                 lambda row: 100 * number(row["test_accuracy"]), color="tab:green")
+    axes[0].set_ylabel("test accuracy (%)")
+    axes[0].set_title("test accuracy of the final iterate", fontsize=9)
+    for axis, group in zip(axes[1:], groups, strict=True):
+        trial_curves(axis, group, "batch_size", lambda row: number(row["sharpness"]),
+                     color="tab:purple")
+        axis.set_yscale("log")
+        axis.set_ylabel("sharpness (Metric 2.1, %)")
+        axis.set_title(f"sharpness: {sharpness_text(group[0])}", fontsize=9)
+    batch_sizes = sorted({int(row["batch_size"]) for row in rows})
+    for axis in axes:
+        axis.set_xscale("log")
+        axis.set_xticks(batch_sizes, [str(b) for b in batch_sizes], rotation=45)
+        axis.minorticks_off()
+        axis.set_xlabel("GLOBAL batch size")
+        axis.grid(alpha=0.3)
+    if axes[0].get_legend_handles_labels()[0]:
+        axes[0].legend(fontsize=8)
+    first = rows[0]
+    trials = len({row["trial"] for row in rows})
+    epochs = sorted({row["epochs_run"] for row in rows}, key=int)
+    figure.suptitle(f"Fig. 4: batch-size sweep from one x0 per trial, {'/'.join(epochs)} "
+                    f"epochs per run\n{_run_settings(first, trials)}", fontsize=9)
+    return save(figure, path)
