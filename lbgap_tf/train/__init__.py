@@ -47,15 +47,18 @@ from lbgap_tf.train.rundir import (
     HISTORY_COLUMNS,
     HISTORY_FILE,
     MODEL_FILE,
+    SNAPSHOT_DIR,
     X0_FILE,
     is_chief,
+    snapshot_path,
 )
 from lbgap_tf.train.x0 import load_x0, make_x0, save_x0
 
 __all__ = [
     "CHECKPOINT_DIR", "CONFIG_FILE", "HISTORY_COLUMNS", "HISTORY_FILE", "MODEL_FILE",
     "OPTIMIZERS", "PAPER_LB_FRACTION", "PRECISIONS", "REGIMES", "RUN_COLUMNS", "SB_BATCH_SIZE",
-    "X0_FILE", "FusedAdam", "TrainConfig", "TrainError", "TrainResult", "config_dict",
-    "epoch_permutation", "is_chief", "load_data", "load_x0", "make_optimizer", "make_x0",
-    "resolve", "run_id", "run_key", "run_record", "save_x0", "stop_reason", "train",
+    "SNAPSHOT_DIR", "X0_FILE", "FusedAdam", "TrainConfig", "TrainError", "TrainResult",
+    "config_dict", "epoch_permutation", "is_chief", "load_data", "load_x0", "make_optimizer",
+    "make_x0", "resolve", "run_id", "run_key", "run_record", "save_x0", "snapshot_path",
+    "stop_reason", "train",
 ]

@@ -64,6 +64,11 @@ class TrainConfig:
         None draws them from ``seed``.
       synthetic: the synthetic task's spec when ``dataset == "synthetic"`` (None: the data
         module's default).
+      snapshot_epochs: epochs after which the weights are kept as
+        ``snapshots/epoch<k>.npz`` in the run directory (x0.npz format: every weight, BN
+        statistics included, no optimizer state), strictly increasing, each in 1..epochs.
+        Keeping snapshots does not change the run: it is recorded in config.json but is not
+        part of the run id.
     """
 
     model: str = "F1"
@@ -88,6 +93,7 @@ class TrainConfig:
     steps_per_call: int = 100
     x0_path: str | None = None
     synthetic: data.SyntheticSpec | None = None
+    snapshot_epochs: tuple[int, ...] = ()
 
     def __post_init__(self):
         _choice("model", self.model, models.MODEL_NAMES)
@@ -116,6 +122,7 @@ class TrainConfig:
             raise TrainError(f"plateau_tol must be >= 0, got {self.plateau_tol}")
         if not 0 <= self.momentum < 1:
             raise TrainError(f"momentum must be in [0, 1), got {self.momentum}")
+        _snapshot_epochs(self.snapshot_epochs, self.epochs)
 
     @property
     def stop_rule(self) -> str:
@@ -135,6 +142,17 @@ def _choice(name, value, allowed):
 def _positive_int(name, value):
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
         raise TrainError(f"{name} must be a positive integer, got {value!r}")
+
+
+def _snapshot_epochs(epochs: tuple, cap: int) -> None:
+    if not isinstance(epochs, tuple) or any(
+            isinstance(k, bool) or not isinstance(k, (int, np.integer)) for k in epochs):
+        raise TrainError(f"snapshot_epochs must be a tuple of integers, got {epochs!r}")
+    if any(k < 1 or k > cap for k in epochs) or any(
+            b <= a for a, b in zip(epochs[:-1], epochs[1:], strict=True)):
+        raise TrainError(
+            f"snapshot_epochs must be strictly increasing epochs in 1..{cap}, got "
+            f"{list(epochs)}: keep each epoch once, at most the run's epochs")
 
 
 def resolve(config: TrainConfig, num_train: int, replicas: int) -> TrainConfig:
@@ -185,5 +203,12 @@ def stop_reason(losses: Sequence[float], config: TrainConfig) -> str | None:
 
 
 def config_dict(config: TrainConfig) -> dict:
-    """``config`` as a JSON-serialisable dict (the synthetic spec as a nested dict)."""
-    return dataclasses.asdict(config)
+    """``config`` as a JSON-serialisable dict (the synthetic spec as a nested dict).
+
+    ``snapshot_epochs`` appears only when set, so a run that keeps no snapshots has the
+    config.json (and the run directory it resumes from) that it had before the field existed.
+    """
+    values = dataclasses.asdict(config)
+    if not values["snapshot_epochs"]:
+        del values["snapshot_epochs"]
+    return values

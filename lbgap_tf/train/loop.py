@@ -35,6 +35,7 @@ from lbgap_tf.train.rundir import (
     process_paths,
     restore_history,
     run_lock,
+    snapshot_path,
     write_config,
 )
 from lbgap_tf.train.steps import TrainSteps
@@ -191,6 +192,8 @@ def _train_locked(config, train_data, test_data, run_dir, strategy, chief, quiet
                        eval_time_s=time.perf_counter() - began)
         history.append(row)
         results.append_row(history_path, row)
+        if chief and epoch in config.snapshot_epochs:
+            save_x0(model, snapshot_path(run_dir, epoch))
         epoch_counter.assign(epoch)
         manager.save(checkpoint_number=epoch)
         done = epoch

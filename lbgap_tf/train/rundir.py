@@ -2,7 +2,9 @@
 
 A run lives in a directory: ``config.json`` (the resolved config, the strategy and the x0
 source), ``x0.npz`` (the initial weights), ``history.csv`` (one row per epoch),
-``checkpoints/`` (model, optimizer and epoch after every epoch) and, when finished,
+``checkpoints/`` (model, optimizer and epoch after every epoch), ``snapshots/epoch<k>.npz``
+(the weights after the epochs of ``snapshot_epochs``, written before that epoch's checkpoint,
+so a resumed run has every snapshot of its checkpointed epochs) and, when finished,
 ``model.keras``. Only the chief writes them; under multi-worker strategies the other workers
 keep their own checkpoints and history in ``checkpoints/worker<i>/``. A directory holds one
 run: another configuration is refused, and a second process on the same run is locked out.
@@ -26,6 +28,7 @@ X0_FILE = "x0.npz"
 CONFIG_FILE = "config.json"
 MODEL_FILE = "model.keras"
 CHECKPOINT_DIR = "checkpoints"
+SNAPSHOT_DIR = "snapshots"
 
 # history.csv: one row per epoch. train_loss/train_accuracy average the epoch's steps (the
 # running figures of the weights as they moved); full_train_*/test_* are full-set
@@ -46,6 +49,13 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
     if "chief" in cluster:
         return resolver.task_type == "chief"
     return resolver.task_type == "worker" and resolver.task_id == 0
+
+
+def snapshot_path(run_dir: str, epoch: int) -> str:
+    """The weights kept after ``epoch`` (an x0.npz-format archive); epoch 0 is x0.npz."""
+    if epoch == 0:
+        return os.path.join(run_dir, X0_FILE)
+    return os.path.join(run_dir, SNAPSHOT_DIR, f"epoch{epoch:04d}.npz")
 
 
 def process_paths(run_dir: str, strategy: tf.distribute.Strategy,
