@@ -297,3 +297,74 @@ def sweep_plot(rows: Sequence[Row], path: str) -> str:
     figure.suptitle(f"Fig. 4: batch-size sweep from one x0 per trial, {'/'.join(epochs)} "
                     f"epochs per run\n{_run_settings(first, trials)}", fontsize=9)
     return save(figure, path)
+
+
+def warm_start_plot(rows: Sequence[Row], path: str) -> str:
+    """Fig. 5: test accuracy and sharpness of each warm-started LB solution against the SB
+    epochs it started from, one panel per sharpness setting; thin lines are trials."""
+    if not rows:
+        raise PlotError("no warm-start rows to plot: run the warm-start experiment first")
+    groups = _settings_groups(rows)
+    figure, axes = plt.subplots(1, 1 + len(groups), figsize=(5 * (1 + len(groups)), 4.4),
+                                layout="constrained")
+    accuracy_rows = list({row["lb_run_id"]: row for row in rows}.values())
+    trial_curves(axes[0], accuracy_rows, "start_epoch",
+                 lambda row: 100 * number(row["test_accuracy"]), color="tab:green")
+    axes[0].set_ylabel("test accuracy of the LB solution (%)")
+    axes[0].set_title("test accuracy after the LB epochs", fontsize=9)
+    for axis, group in zip(axes[1:], groups, strict=True):
+        trial_curves(axis, group, "start_epoch", lambda row: number(row["sharpness"]),
+                     color="tab:purple")
+        axis.set_yscale("log")
+        axis.set_ylabel("sharpness of the LB solution (Metric 2.1, %)")
+        axis.set_title(f"sharpness: {sharpness_text(group[0])}", fontsize=9)
+    starts = sorted({int(row["start_epoch"]) for row in rows})
+    for axis in axes:
+        axis.set_xticks(starts)
+        axis.set_xlabel("SB epochs before switching to LB (0: LB from x0)")
+        axis.grid(alpha=0.3)
+    if axes[0].get_legend_handles_labels()[0]:
+        axes[0].legend(fontsize=8)
+    first = rows[0]
+    trials = len({row["trial"] for row in rows})
+    figure.suptitle(
+        f"Fig. 5: LB (batch {first['lb_batch_size']}, {first['lb_epochs']} epochs, fresh "
+        f"optimizer) warm-started from SB (batch {first['sb_batch_size']}) iterates\n"
+        f"{_run_settings(first, trials)}", fontsize=9)
+    return save(figure, path)
+
+
+def along_training_plot(rows: Sequence[Row], path: str) -> str:
+    """Fig. 6: sharpness against the exact training cross-entropy of the iterates kept along
+    the SB and LB runs (both log axes; epochs annotated), one panel per sharpness setting."""
+    if not rows:
+        raise PlotError("no along-training rows to plot: run the experiment first")
+    groups = _settings_groups(rows)
+    figure, axes = plt.subplots(1, len(groups), figsize=(6.5 * len(groups), 4.8),
+                                layout="constrained", squeeze=False)
+    for axis, group in zip(axes[0], groups, strict=True):
+        for regime, color in (("SB", SB_COLOR), ("LB", LB_COLOR)):
+            mine = sorted((row for row in group if row["regime"] == regime),
+                          key=lambda row: int(row["epoch"]))
+            if not mine:
+                continue
+            losses = [number(row["train_loss"]) for row in mine]
+            values = [number(row["sharpness"]) for row in mine]
+            axis.plot(losses, values, "-o", color=color, markersize=4,
+                      label=f"{regime} (batch {mine[0]['batch_size']})")
+            for row, x, y in zip(mine, losses, values, strict=True):
+                axis.annotate(row["epoch"], (x, y), textcoords="offset points", xytext=(3, 3),
+                              fontsize=7, color=color)
+        axis.set_xscale("log")
+        axis.set_yscale("log")
+        axis.invert_xaxis()  # Training moves right: the loss falls.
+        axis.set_xlabel("training cross-entropy (nats, exact, whole training set; log, "
+                        "falling →)")
+        axis.set_ylabel("sharpness (Metric 2.1, %)")
+        axis.set_title(f"sharpness: {sharpness_text(group[0])}; labels: epoch", fontsize=9)
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=8)
+    first = rows[0]
+    figure.suptitle(f"Fig. 6: sharpness along training, SB and LB from one x0 (seed "
+                    f"{first['seed']})\n{_run_settings(first, 1)}", fontsize=9)
+    return save(figure, path)
