@@ -41,19 +41,30 @@ class FinishedRun:
 
 
 class Progress:
-    """Logs each stage with its position, the elapsed time and an ETA from the stages done."""
+    """Logs each stage with its position, the elapsed time and an ETA.
 
-    def __init__(self, name: str, total: int):
-        self._name, self._total = name, total
+    The ETA is the median duration of the last ``window`` stages times the stages left: a
+    long training stage among many short evaluations (or skipped stages among slow ones) does
+    not distort it, and it follows the kind of stage running now.
+    """
+
+    def __init__(self, name: str, total: int, window: int = 9):
+        self._name, self._total, self._window = name, total, window
         self._done, self._started = 0, time.perf_counter()
+        self._last = self._started
+        self._durations: list[float] = []
 
     def stage(self, description: str) -> None:
-        elapsed = time.perf_counter() - self._started
-        eta = ""
+        now = time.perf_counter()
         if self._done:
-            eta = f", ETA {elapsed / self._done * (self._total - self._done) / 60:.1f} min"
+            self._durations.append(now - self._last)
+        self._last = now
+        eta = ""
+        if self._durations:
+            recent = float(np.median(self._durations[-self._window:]))
+            eta = f", ETA {recent * (self._total - self._done) / 60:.1f} min"
         logging.info("[%s %d/%d, %.1f min elapsed%s] %s", self._name, self._done + 1,
-                     self._total, elapsed / 60, eta, description)
+                     self._total, (now - self._started) / 60, eta, description)
         self._done += 1
 
 
