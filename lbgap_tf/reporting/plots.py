@@ -102,8 +102,8 @@ def parametric_plot(rows: Iterable[Row], kind: str, path: str) -> str:
                            ha="left", va="top", fontsize=8, color="grey")
     handles = loss_axis.get_legend_handles_labels()
     extra = accuracy_axis.get_legend_handles_labels()
-    loss_axis.legend(handles[0] + extra[0], handles[1] + extra[1], loc="lower center",
-                     fontsize=8, ncol=2)
+    loss_axis.legend(handles[0] + extra[0], handles[1] + extra[1], loc="upper center",
+                     bbox_to_anchor=(0.5, -0.14), fontsize=8, ncol=4)
     first = points[0]
     figure.suptitle(f"{_PATH_TITLES[kind]}\n{_pair_settings(first)}\n"
                     f"exact evaluation on {first['train_examples']} training and "
