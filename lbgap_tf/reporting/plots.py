@@ -20,7 +20,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402 (the backend is chosen first)
-from matplotlib import colors  # noqa: E402
+from matplotlib import colors, ticker  # noqa: E402
 
 Row = Mapping[str, str]
 SB_COLOR, LB_COLOR = "tab:blue", "tab:red"
@@ -61,6 +61,16 @@ def _pair_settings(row: Row) -> str:
             f"{row['sb_batch_size']} ({row['sb_epochs']} epochs) and LB batch "
             f"{row['lb_batch_size']} ({row['lb_epochs']} epochs) from one x0 (seed "
             f"{row['seed']}), {row['optimizer']} lr {number(row['learning_rate']):g}")
+
+
+def readable_log_axis(axis, which: str = "y") -> None:
+    """Plain numbers on a log axis spanning less than two decades (matplotlib's default
+    labels only the powers of ten there, often a single tick)."""
+    low, high = axis.get_ylim() if which == "y" else axis.get_xlim()
+    if low > 0 and high / low < 100:
+        target = axis.yaxis if which == "y" else axis.xaxis
+        target.set_major_formatter(ticker.FormatStrFormatter("%g"))
+        target.set_minor_formatter(ticker.FormatStrFormatter("%g"))
 
 
 def _rows_of(rows: Iterable[Row], kind: str) -> list[Row]:
@@ -225,11 +235,13 @@ def trial_curves(axis, rows: Sequence[Row], x_column: str, value, *, color="tab:
     for row in rows:
         by_trial[row["trial"]].append(row)
     by_x = collections.defaultdict(list)
-    for trial, mine in sorted(by_trial.items()):
+    styles = ("-", "--", ":", "-.")
+    for index, (trial, mine) in enumerate(sorted(by_trial.items())):
         mine.sort(key=lambda row: number(row[x_column]))
         xs = [number(row[x_column]) for row in mine]
         ys = [value(row) for row in mine]
-        axis.plot(xs, ys, "-", color=color, alpha=0.35, linewidth=1, marker=".",
+        axis.plot(xs, ys, styles[index % len(styles)], color=color, alpha=0.5, linewidth=1,
+                  marker=".",
                   label=f"trial {trial}" if len(by_trial) > 1 and label is None else None)
         for x, y in zip(xs, ys, strict=True):
             by_x[x].append(y)
@@ -280,13 +292,14 @@ def sweep_plot(rows: Sequence[Row], path: str) -> str:
         trial_curves(axis, group, "batch_size", lambda row: number(row["sharpness"]),
                      color="tab:purple")
         axis.set_yscale("log")
+        readable_log_axis(axis)
         axis.set_ylabel("sharpness (Metric 2.1, %)")
         axis.set_title(f"sharpness: {sharpness_text(group[0])}", fontsize=9)
     batch_sizes = sorted({int(row["batch_size"]) for row in rows})
     for axis in axes:
         axis.set_xscale("log")
         axis.set_xticks(batch_sizes, [str(b) for b in batch_sizes], rotation=45)
-        axis.minorticks_off()
+        axis.xaxis.set_minor_locator(ticker.NullLocator())
         axis.set_xlabel("GLOBAL batch size")
         axis.grid(alpha=0.3)
     if axes[0].get_legend_handles_labels()[0]:
@@ -316,6 +329,7 @@ def warm_start_plot(rows: Sequence[Row], path: str) -> str:
         trial_curves(axis, group, "start_epoch", lambda row: number(row["sharpness"]),
                      color="tab:purple")
         axis.set_yscale("log")
+        readable_log_axis(axis)
         axis.set_ylabel("sharpness of the LB solution (Metric 2.1, %)")
         axis.set_title(f"sharpness: {sharpness_text(group[0])}", fontsize=9)
     starts = sorted({int(row["start_epoch"]) for row in rows})
@@ -358,6 +372,7 @@ def along_training_plot(rows: Sequence[Row], path: str) -> str:
         axis.set_xscale("log")
         axis.set_yscale("log")
         axis.invert_xaxis()  # Training moves right: the loss falls.
+        readable_log_axis(axis)
         axis.set_xlabel("training cross-entropy (nats, exact, whole training set; log, "
                         "falling →)")
         axis.set_ylabel("sharpness (Metric 2.1, %)")
