@@ -1,32 +1,71 @@
-"""Flags shared by the benchmark binaries, grouped by concern, and the ``run`` entry point.
+r"""Flags shared by the benchmark binaries, grouped by concern, and the ``run`` entry point.
 
-A binary defines the groups it needs, builds its frozen configs with the getters, and starts
-with ``common.run(main)``::
+A binary defines the groups it needs, adopts them as its key flags (so ``--helpshort`` lists
+them), builds its frozen configs with the getters, and starts with ``common.run(main)``::
 
     common.define_model_data_flags()
     common.define_training_flags()
     common.define_distribution_flags()
     common.define_output_flags()
+    flags.adopt_module_key_flags(common)
     ...
     if __name__ == "__main__":
         common.run(main)
 
 Flag checks live in validators registered next to the flags (so a bad value fails at
-parse time, naming the flag); ``run`` turns flag errors and the library's ``ValueError``s
-(``DataError``, ``TrainError``, ...) into ONE line on stderr and a non-zero exit status,
-without a traceback (pass ``--verbosity=1`` to see the traceback of a library error).
-``--cpu_devices`` splits the CPU right after parsing, before TensorFlow initialises devices.
+parse time, naming the flag). ``--cpu_devices`` splits the CPU right after parsing, before
+TensorFlow initialises devices.
+
+Error output, the contract every binary keeps (README, "Errors and logs"):
+
+- A binary that fails writes its error as exactly ONE line, ``PROGRAM: error: MESSAGE``
+  (PROGRAM is the binary's file name, e.g. ``train.py``; MESSAGE names the problem and the
+  fix), as the LAST line on stderr, exits with status 2 for a bad flag or 1 for a library
+  ``ValueError`` (``DataError``, ``TrainError``, ...), prints no traceback (``--verbosity=1``
+  re-raises library errors with theirs) and writes no result.
+- Every other line on stderr is either TensorFlow's native log output or one of the binary's
+  own log lines (absl format, ``[IWEF]MMDD HH:MM:SS.micros THREAD FILE.py:LINE] ...``): the
+  progress logged before the failure, none for a bad flag (it fails before any work) and none
+  under ``--quiet``, where the error line is the binary's only own line on stderr.
+- TensorFlow's native (C++) log records are written straight to file descriptor 2, some at
+  ``import tensorflow`` before any code of the binary runs and whatever
+  ``TF_CPP_MIN_LOG_LEVEL`` says, so they may precede the error line. A native record starts
+  with a line matching one of
+
+    ``^[IWEF]\d{4} \d{2}:\d{2}:\d+\.\d+ +\d+ [^\s\]]+\.(cc|cpp|cxx|c|h|hpp|hh|inc):\d+\] ``
+        absl's C++ format, e.g. ``I0000 00:00:1795889538.403009  6709 port.cc:153] oneDNN
+        custom operations are on...`` (a C/C++ source file, where the binary's own lines
+        name a ``.py`` file);
+    ``^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}\.\d+: [IWEF] [^\s\]]+\.(cc|...):\d+\] ``
+        TensorFlow's older TSL format;
+    ``^WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR$``
+        absl's notice before its first native record;
+
+  and continues over the lines that follow it (a multi-line message, such as
+  ``cpu_feature_guard.cc``'s "To enable the following instructions: ...") up to the next line
+  that starts a native record, one of the binary's own log lines, a Python traceback or the
+  error line. ``tests/binaries.py`` applies exactly this pattern.
+
+Logging policy: at the default verbosity the log shows the suite's own lines only. INFO
+records from other Python code (TensorFlow's checkpoint saver "Sharding callback duration",
+TFDS, Keras) are dropped, warnings and errors from anywhere are kept, and TensorFlow's native
+threshold is ``TF_CPP_MIN_LOG_LEVEL=2`` (set by ``benchmarks/__init__.py`` before TensorFlow
+is imported, unless the environment sets it). ``--quiet`` keeps warnings and errors only;
+``--verbosity=1`` brings back everything: library INFO and DEBUG records and every native line.
 """
 
 from __future__ import annotations
 
 import json
+import logging as std_logging
 import os
 import sys
 
 import tensorflow as tf
 from absl import app, flags, logging
 
+import benchmarks
+import lbgap_tf
 from lbgap_tf import data, distribute, models, train
 
 FLAGS = flags.FLAGS
@@ -232,6 +271,7 @@ def nondefault_flags() -> str:
 # --- entry point -----------------------------------------------------------------------------
 
 def _fail(message: str, status: int) -> None:
+    """Writes the one-line error of the contract (module docstring) and exits with ``status``."""
     program = os.path.basename(sys.argv[0]) if sys.argv else "benchmark"
     one_line = " ".join(str(message).split())
     sys.stderr.write(f"{program}: error: {one_line}\n")
@@ -239,9 +279,44 @@ def _fail(message: str, status: int) -> None:
     sys.exit(status)
 
 
+SUITE_DIRECTORIES = tuple(os.path.dirname(package.__file__) + os.sep
+                          for package in (lbgap_tf, benchmarks))
+
+
+class _SuiteInfoOnly(std_logging.Filter):
+    """Passes warnings and errors from anywhere, lower levels only from the suite's modules
+    (files under ``SUITE_DIRECTORIES``)."""
+
+    def filter(self, record: std_logging.LogRecord) -> bool:
+        return (record.levelno >= std_logging.WARNING
+                or record.pathname.startswith(SUITE_DIRECTORIES))
+
+
+_LIBRARY_INFO_FILTER = _SuiteInfoOnly()
+
+
+def _route_python_logs(show_library_info: bool) -> None:
+    """Sends every Python log record through absl's handler, filtered per the policy.
+
+    TensorFlow's logger gets a handler of its own when it is created before absl's handler
+    is installed, which printed each TensorFlow warning twice (once in absl's format); with
+    absl's handler on the root logger that handler is removed.
+    """
+    handler = logging.get_absl_handler()
+    if handler in std_logging.getLogger().handlers:
+        tf_logger = tf.get_logger()
+        for own_handler in list(tf_logger.handlers):
+            tf_logger.removeHandler(own_handler)
+    if show_library_info:
+        handler.removeFilter(_LIBRARY_INFO_FILTER)
+    else:
+        handler.addFilter(_LIBRARY_INFO_FILTER)
+
+
 def parse_flags(argv: list[str]) -> list[str]:
     """Parses ``argv`` into FLAGS; a bad flag is one stderr line and exit status 2. Then
-    applies --cpu_devices (before TensorFlow initialises devices) and --quiet."""
+    applies --cpu_devices (before TensorFlow initialises devices), --quiet and the logging
+    policy (module docstring)."""
     try:
         remaining = FLAGS(argv)
     except flags.Error as error:
@@ -256,8 +331,7 @@ def parse_flags(argv: list[str]) -> list[str]:
             _fail(error, EXIT_FLAG_ERROR)
     if "quiet" in FLAGS and FLAGS.quiet:
         logging.set_verbosity(logging.WARNING)
-    if not logging.level_debug():
-        tf.get_logger().setLevel("WARNING")  # TF's per-call strategy chatter.
+    _route_python_logs(show_library_info=logging.level_debug())
     return remaining
 
 

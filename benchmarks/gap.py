@@ -29,6 +29,7 @@ common.define_data_flags()
 common.define_optimization_flags()
 common.define_distribution_flags()
 common.define_output_flags()
+flags.adopt_module_key_flags(common)  # --helpshort lists the shared flags too.
 
 flags.DEFINE_list("models", ["F1"], "Networks to compare, e.g. F1,C1 (Table 1 names).")
 flags.DEFINE_integer("trials", 5, "Trials per network; trial k uses seed --seed + k.")

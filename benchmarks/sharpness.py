@@ -62,6 +62,7 @@ flags.DEFINE_string("data_dir", None, "Folder with local copies of the data file
                     "(see BUILD.md, 'Preparing data').")
 flags.DEFINE_string("tfds_data_dir", None, "TensorFlow Datasets data folder.")
 common.define_strategy_flags()
+flags.adopt_module_key_flags(common)  # --helpshort lists the strategy flags too.
 flags.DEFINE_string("output_dir", "results/", "Holds runs.csv and runs/ of benchmarks.train; "
                     "receives sharpness.csv.")
 flags.DEFINE_integer("seed", 0, "Seed of the random subspaces and of the evaluation subset.")

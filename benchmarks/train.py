@@ -24,6 +24,7 @@ common.define_model_data_flags()
 common.define_training_flags()
 common.define_distribution_flags()
 common.define_output_flags()
+flags.adopt_module_key_flags(common)  # --helpshort lists the shared flags too.
 
 
 def main(argv):

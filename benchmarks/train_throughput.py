@@ -46,6 +46,7 @@ METHODS = ("fit", "fit_spe10", "fit_jit", "train", "train_default", "train_jit")
 common.define_model_data_flags()
 common.define_distribution_flags()
 common.define_output_flags()
+flags.adopt_module_key_flags(common)  # --helpshort lists the shared flags too.
 flags.DEFINE_list("methods", ["fit", "fit_spe10", "train"], f"Subset of {', '.join(METHODS)}.")
 flags.DEFINE_list("regimes", ["SB", "LB"], "Regimes to measure (SB: 256, LB: --lb_fraction).")
 flags.DEFINE_float("lb_fraction", train.PAPER_LB_FRACTION, "LB batch fraction.")

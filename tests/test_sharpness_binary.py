@@ -1,48 +1,24 @@
 """`python -m benchmarks.sharpness` on a run trained by `benchmarks.train`: rows, resume, errors."""
 
 import json
-import os
-import subprocess
-import sys
 
 import keras
 import numpy as np
 import pytest
 
 from lbgap_tf import data, results, sharpness, sharpness_rows, train
+from tests import binaries
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN = ["--model=F1", "--dataset=synthetic", "--synthetic_train_examples=96",
          "--synthetic_test_examples=32", "--batch_size=32", "--eval_batch_size=64",
          "--epochs=1", "--quiet"]
-
-
-def _env():
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    env.pop("TF_CONFIG", None)
-    return env
-
-
-def _start(module, *args):
-    return subprocess.Popen([sys.executable, "-m", module, *args], cwd=REPO, env=_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def _finish(process, timeout=300):
-    try:
-        out, err = process.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        out, err = process.communicate()
-        pytest.fail(f"binary timed out; stderr:\n{err[-3000:]}")
-    return process.returncode, out, err
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """An output directory holding one completed F1 run on a small synthetic task."""
     out_dir = tmp_path_factory.mktemp("sharpness_binary")
-    code, _, err = _finish(_start("benchmarks.train", *TRAIN, f"--output_dir={out_dir}"))
+    code, _, err = binaries.run("benchmarks.train", *TRAIN, f"--output_dir={out_dir}")
     assert code == 0, err
     (row,) = results.read_rows(out_dir / "runs.csv")
     return out_dir, row
@@ -52,7 +28,7 @@ def test_rows_match_the_library_and_a_rerun_resumes(trained):
     out_dir, run_row = trained
     args = [f"--output_dir={out_dir}", "--subspace_dims=8", "--epsilons=1e-3,5e-4",
             "--solvers=ascent", "--max_iter=4", "--eval_batch_size=32", "--quiet"]
-    code, out, err = _finish(_start("benchmarks.sharpness", *args))
+    code, out, err = binaries.run("benchmarks.sharpness", *args)
     assert code == 0, err
     rows = results.read_rows(out_dir / "sharpness.csv")
     assert len(rows) == 2 and "2 new sharpness row(s)" in out
@@ -80,13 +56,15 @@ def test_rows_match_the_library_and_a_rerun_resumes(trained):
         assert float(row["loss"]) == pytest.approx(result.loss, rel=1e-6)
         assert float(row["sharpness"]) == pytest.approx(result.value, rel=1e-4)
 
-    code, out, err = _finish(_start("benchmarks.sharpness", *args))
+    code, out, err = binaries.run("benchmarks.sharpness", *args)
     assert code == 0, err
     assert "0 new sharpness row(s)" in out
     assert len(results.read_rows(out_dir / "sharpness.csv")) == 2
 
 
-def test_bad_input_is_one_line_and_no_row(trained, tmp_path):
+def test_bad_input_is_one_line_and_no_row_with_tensorflow_logging_on(trained, tmp_path):
+    """The error contract with every native TensorFlow log line enabled: the error is still
+    the last stderr line and the binary's only own line."""
     out_dir, run_row = trained
     cases = {
         "--epsilons=0": (2, "--epsilons must be numbers > 0"),
@@ -96,18 +74,19 @@ def test_bad_input_is_one_line_and_no_row(trained, tmp_path):
         "--subspace_dims=full,99999999": (1, "more than the 1462794 trainable weights"),
     }
     before = results.read_rows(out_dir / "sharpness.csv")
-    processes = {arg: _start("benchmarks.sharpness", f"--output_dir={out_dir}", arg)
+    noisy = binaries.environment(**binaries.NOISY_TENSORFLOW)
+    processes = {arg: binaries.start("benchmarks.sharpness", f"--output_dir={out_dir}", arg,
+                                     env=noisy)
                  for arg in cases}
     empty = tmp_path / "empty"
-    processes["(no runs)"] = _start("benchmarks.sharpness", f"--output_dir={empty}")
+    processes["(no runs)"] = binaries.start("benchmarks.sharpness", f"--output_dir={empty}",
+                                            env=noisy)
     cases["(no runs)"] = (1, "no completed runs in")
     for arg, process in processes.items():
-        code, out, err = _finish(process)
+        code, out, err = binaries.finish(process)
         status, message = cases[arg]
         assert code == status, (arg, err)
-        lines = err.strip().splitlines()
-        assert len(lines) == 1 and "Traceback" not in err, (arg, err)
-        assert message in lines[0], (arg, lines[0])
+        assert message in binaries.error_message(err, "sharpness.py"), (arg, err)
         assert out == ""
     assert results.read_rows(out_dir / "sharpness.csv") == before
     assert not (empty / "sharpness.csv").exists()
