@@ -21,6 +21,7 @@ Build the model under `strategy.scope()` when evaluating under a multi-replica s
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import numpy as np
 import tensorflow as tf
@@ -97,15 +98,18 @@ class _Batches:
 
 
 def compile_method(method, **options):
-    """`tf.function(method, **options)` for a bound method, with its own retracing statistics.
+    """`tf.function(method, **options)` for a bound method, with retracing statistics of its own.
 
-    TensorFlow counts the traces of every tf.function made from the same method together and
-    warns about "excessive retracing" once five instances have traced once each; a closure per
-    instance keeps the count per instance.
+    TensorFlow keys its "excessive retracing" statistics by the code object of the Python
+    function it compiles, which a method (or a closure made in one place) shares with every
+    instance. The evaluators, objectives and solvers each compile their method once per
+    instance and trace it once, yet after five instances had traced TensorFlow warned that
+    "5 out of the last 5 calls ... triggered tf.function retracing". A ``functools.partial``
+    has no code object, so TensorFlow keys the statistics by the partial itself, i.e. per
+    instance: a function that really retraces is still reported.
     """
-    def call(*args):
-        return method(*args)
-
+    call = functools.partial(method)
+    call.__name__ = method.__name__  # The tf.function's name in traces and profiles.
     return tf.function(call, **options)
 
 

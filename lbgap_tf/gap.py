@@ -14,6 +14,10 @@ Every finished stage leaves a row: ``runs.csv`` per run, ``pairs.csv`` per pair,
 no finished stage; an interrupted run resumes from its last checkpointed epoch. The tables are
 derived from the rows of this experiment only (``gap_id``), so experiments with other settings
 can share an output folder.
+
+Each stage is logged as "[gap k/N, E min elapsed, ETA ...]", the ETA costing the work left
+(epochs per regime, measurements per space and solver) at the costs measured so far
+(``lbgap_tf.experiments.progress``).
 """
 
 from __future__ import annotations
@@ -26,9 +30,9 @@ from collections.abc import Sequence
 import keras
 import numpy as np
 import tensorflow as tf
-from absl import logging
 
 from lbgap_tf import data, distribute, results, sharpness, sharpness_rows, tables, train
+from lbgap_tf.experiments import progress
 
 RUNS_FILE = "runs.csv"
 PAIRS_FILE = "pairs.csv"
@@ -139,20 +143,45 @@ def trainable_distance(model: keras.Model, x0: Sequence[np.ndarray]) -> float:
     return float(np.sqrt(np.sum(squares)))
 
 
-class _Progress:
-    """Logs each stage with its position, the elapsed time and a rough ETA."""
+PAIR_WORK = "pair"
 
-    def __init__(self, total: int):
-        self._total, self._done, self._started = total, 0, time.perf_counter()
 
-    def stage(self, description: str) -> None:
-        elapsed = time.perf_counter() - self._started
-        eta = ""
-        if self._done:
-            eta = f", ETA {elapsed / self._done * (self._total - self._done) / 60:.1f} min"
-        logging.info("[gap %d/%d, %.1f min elapsed%s] %s", self._done + 1, self._total,
-                     elapsed / 60, eta, description)
-        self._done += 1
+def _epochs_work(regime: str) -> str:
+    return f"{regime} epoch"
+
+
+def _measurements_work(dim: int | None, solver: str) -> str:
+    return f"{'full-space' if dim is None else f'p={dim}'} {solver} measurement"
+
+
+def _progress(config: GapConfig) -> progress.StageProgress:
+    """The experiment's stages and work: per network and trial, SB and LB epochs, a pair, and
+    every measurement of both minimizers; epochs under plateau stopping are caps."""
+    plan = config.sharpness
+    spaces = [(dim, solver) for dim in dict.fromkeys(plan.subspace_dims)
+              for solver in dict.fromkeys(plan.solvers)]
+    per_trial = {_epochs_work("SB"): config.sb.epochs, _epochs_work("LB"): config.lb.epochs,
+                 PAIR_WORK: 1}
+    for dim, solver in spaces:
+        per_trial[_measurements_work(dim, solver)] = 2 * len(dict.fromkeys(plan.epsilons))
+    trials = len(config.models) * config.trials
+    capped = [_epochs_work(settings.regime) for settings in (config.sb, config.lb)
+              if settings.plateau_patience]
+    return progress.StageProgress(
+        "gap", trials * (3 + 2 * len(spaces)),
+        {work: units * trials for work, units in per_trial.items()}, capped)
+
+
+def _recorded(rows: Sequence[dict], units_column: str | None, seconds_column: str
+              ) -> tuple[float, float] | None:
+    """(units, seconds) of finished stages as their rows recorded them (one unit per row
+    without ``units_column``); None when a row lacks the numbers."""
+    try:
+        units = sum(float(row[units_column]) if units_column else 1.0 for row in rows)
+        seconds = sum(float(row[seconds_column]) for row in rows)
+    except (KeyError, ValueError):
+        return None
+    return (units, seconds) if rows else None
 
 
 class _Experiment:
@@ -165,8 +194,7 @@ class _Experiment:
         self.description = distribute.describe(strategy)
         self.paths = {name: os.path.join(output_dir, name)
                       for name in (RUNS_FILE, PAIRS_FILE, SHARPNESS_FILE)}
-        spaces = len(config.sharpness.subspace_dims) * len(config.sharpness.solvers)
-        self.progress = _Progress(len(config.models) * config.trials * (3 + 2 * spaces))
+        self.progress = _progress(config)
 
     def rows(self, name: str) -> list[dict]:
         return results.read_rows(self.paths[name])
@@ -195,12 +223,20 @@ class _Experiment:
         run_dir = os.path.join(self.output_dir, "runs", run_id)
         finished = [row for row in self.rows(RUNS_FILE) if row["run_id"] == run_id]
         label = f"{config.model} {config.regime} seed {config.seed} ({run_id})"
+        work = _epochs_work(config.regime)
         if finished:
-            self.progress.stage(f"{label}: trained earlier, skipped")
+            self.progress.skip(f"{label}: trained earlier, skipped", work, config.epochs,
+                               _recorded(finished[:1], "epochs_run", "wall_time_s"))
             return _Run(run_id, run_dir, config, finished[0], None)
-        self.progress.stage(f"training {label}")
+        resumed = min(config.epochs,
+                      len(results.read_rows(os.path.join(run_dir, train.HISTORY_FILE))))
+        self.progress.finished_earlier(work, resumed)
+        stage = self.progress.begin(f"training {label}", work, config.epochs - resumed)
+        trained_here = []
         result = train.train(config, train_data, test_data, run_dir=run_dir,
-                             strategy=self.strategy, quiet=self.quiet)
+                             strategy=self.strategy, quiet=self.quiet,
+                             on_epoch_end=lambda epoch, _: trained_here.append(epoch))
+        self.progress.end(stage, units_done=len(trained_here))
         row = train.run_record(result, run_id=run_id, benchmark=BENCHMARK,
                                nondefault_flags=self.nondefault_flags)
         if train.is_chief(self.strategy):
@@ -217,9 +253,10 @@ class _Experiment:
         done = any(row["sb_run_id"] == sb.run_id and row["lb_run_id"] == lb.run_id
                    for row in self.rows(PAIRS_FILE))
         if done:
-            self.progress.stage(f"{model} seed {seed}: pair recorded earlier, skipped")
+            self.progress.skip(f"{model} seed {seed}: pair recorded earlier, skipped",
+                               PAIR_WORK, 1)
             return pair
-        self.progress.stage(f"{model} seed {seed}: distances from x0")
+        stage = self.progress.begin(f"{model} seed {seed}: distances from x0", PAIR_WORK, 1)
         x0 = train.load_x0(x0_path)
         sb_distance = trainable_distance(self._model(sb), x0)
         lb_distance = trainable_distance(self._model(lb), x0)
@@ -239,6 +276,7 @@ class _Experiment:
         }
         if train.is_chief(self.strategy):
             results.append_row(self.paths[PAIRS_FILE], row)
+        self.progress.end(stage)
         return pair
 
     def _model(self, run: _Run) -> keras.Model:
@@ -265,17 +303,22 @@ class _Experiment:
                         solver=solver, max_iter=plan.max_iter, eval_examples=eval_examples,
                         eval_batch_size=eval_batch)
                     for eps in plan.epsilons}
-        finished = sharpness_rows.finished_keys(self.rows(SHARPNESS_FILE))
+        measured = {sharpness_rows.row_key(row): row for row in self.rows(SHARPNESS_FILE)}
         problem, spaces = None, {}
         for (dim, solver), by_eps in wanted.items():
             space_name = "full space" if dim is None else f"random subspace p={dim}"
             label = f"{run.config.model} {run.config.regime} seed {seed}: sharpness, " \
                     f"{space_name}, {solver}"
-            missing = [eps for eps, key in by_eps.items() if key not in finished]
+            missing = [eps for eps, key in by_eps.items() if key not in measured]
+            work = _measurements_work(dim, solver)
             if not missing:
-                self.progress.stage(f"{label}: measured earlier, skipped")
+                self.progress.skip(f"{label}: measured earlier, skipped", work, len(by_eps),
+                                   _recorded([measured[key] for key in by_eps.values()],
+                                             None, "seconds"))
                 continue
-            self.progress.stage(f"{label}, eps {', '.join(f'{e:g}' for e in missing)}")
+            self.progress.finished_earlier(work, len(by_eps) - len(missing))
+            stage = self.progress.begin(
+                f"{label}, eps {', '.join(f'{e:g}' for e in missing)}", work, len(missing))
             if problem is None:
                 problem = sharpness.SharpnessProblem(
                     self._model(run), train_data.features, train_data.labels,
@@ -293,6 +336,7 @@ class _Experiment:
                     precision=run.config.precision, nondefault_flags=self.nondefault_flags)
                 if train.is_chief(self.strategy):
                     results.append_row(self.paths[SHARPNESS_FILE], row)
+            self.progress.end(stage)
         return {key for by_eps in wanted.values() for key in by_eps.values()}
 
 

@@ -9,7 +9,8 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet -e ".[${LBGAP_EXTRAS:-cpu,test}]"
-export TF_CPP_MIN_LOG_LEVEL=${TF_CPP_MIN_LOG_LEVEL:-2}
+# TensorFlow's native log threshold is left to the binaries (benchmarks/__init__.py), which
+# follow --verbosity; tests/conftest.py sets it for the test process.
 
 # Real Fashion-MNIST comes from Debian's dataset-fashion-mnist package where apt-get is usable
 # (as root); elsewhere the data loader falls back to TFDS, which downloads where it can.

@@ -178,3 +178,26 @@ def test_keras_default_model_has_expected_order():
     names = [v.path.split("/")[-1] for v in model.trainable_variables]
     assert names == ["kernel", "bias", "gamma", "beta", "kernel", "bias"]
     assert isinstance(model, keras.Model)
+
+
+class _Doubler:
+    def double(self, x):
+        return 2 * x
+
+
+def test_compiled_methods_keep_retracing_statistics_of_their_own(caplog):
+    """Eight instances that each trace once raise no "retracing" warning; one function traced
+    for six different shapes still does (the warning is not silenced, only kept per function)."""
+    caplog.set_level("WARNING", logger="tensorflow")
+    functions = [evaluation.compile_method(_Doubler().double) for _ in range(8)]
+    for function in functions:
+        for _ in range(2):
+            function(tf.constant([1.0, 2.0]))
+    assert [f.experimental_get_tracing_count() for f in functions] == [1] * 8
+    assert not [r for r in caplog.records if "retracing" in r.getMessage()]
+
+    retracing = evaluation.compile_method(_Doubler().double)
+    for size in range(1, 7):
+        retracing(tf.zeros([size]))
+    assert retracing.experimental_get_tracing_count() == 6
+    assert [r for r in caplog.records if "retracing" in r.getMessage()]

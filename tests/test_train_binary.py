@@ -1,6 +1,7 @@
 """`python -m benchmarks.train`: run records, resume after a kill, bad input, two workers."""
 
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -76,6 +77,43 @@ def test_a_killed_run_resumes_from_its_last_epoch(tmp_path):
     assert [int(r["epoch"]) for r in history] == [1, 2, 3, 4]
     rows = results.read_rows(out_dir / "runs.csv")
     assert len(rows) == 1 and rows[0]["epochs_run"] == "4"
+
+
+def _suite_modules():
+    names = set()
+    for package in ("lbgap_tf", "benchmarks"):
+        for _, _, files in os.walk(os.path.join(binaries.REPO, package)):
+            names.update(name for name in files if name.endswith(".py"))
+    return names
+
+
+def test_the_log_shows_the_suites_own_lines_and_verbosity_brings_tensorflows_back(tmp_path):
+    """Two epochs (two checkpoints) under XLA: at the default verbosity every stderr line is
+    a native line or a log line of the suite's own modules; --verbosity=1 brings back
+    TensorFlow's Python INFO records (one per checkpoint) and its native INFO records."""
+    args = [*SMOKE, "--epochs=2", "--jit_compile"]
+    default = _start(*args, f"--output_dir={tmp_path / 'default'}")
+    verbose = _start(*args, "--verbosity=1", f"--output_dir={tmp_path / 'verbose'}")
+    code, out, err = binaries.finish(default)
+    assert code == 0, err
+    native, own = binaries.split_stderr(err, "train.py")
+    suite = _suite_modules()
+    for line in own:
+        match = binaries.PYTHON_LOG_LINE.match(line)
+        assert match and match.group(0).split()[-1].split(":")[0] in suite, line
+    assert any("epoch 2/2: loss" in line for line in own) and "epochs (epochs)" in out
+    for chatter in ("Sharding callback duration", "assert_op.cc", "retracing"):
+        assert chatter not in err, chatter
+    # TF_CPP_MIN_LOG_LEVEL=2: only what TensorFlow prints before reading it (oneDNN's notice).
+    assert all("port.cc:" in line or line.startswith("WARNING: All log messages")
+               for line in native), native
+
+    code, _, err = binaries.finish(verbose)
+    assert code == 0, err
+    assert err.count("functional_saver.py") >= 2 and "Sharding callback duration" in err
+    native, _ = binaries.split_stderr(err, "train.py")
+    assert any(line.startswith("I") and "port.cc:" not in line for line in native), native
+    assert "assert_op.cc" not in err  # The steps hold no Assert for XLA to ignore.
 
 
 # The first case splits the CPU, so it must run before any case initialises TensorFlow.

@@ -2,10 +2,13 @@
 
 A ``tf.function`` runs up to ``steps_per_call`` steps per call, each step calling
 ``strategy.run`` with the GLOBAL batch's example indices. Every replica takes its own
-contiguous slice of the global batch, computes the per-example cross-entropy and
-``tf.nn.compute_average_loss(..., global_batch_size=GLOBAL)``; the optimizer sums the
-replicas' gradients, so the update is the gradient of the mean loss over the whole global
-batch, and N replicas follow the trajectory of one device (up to float reassociation).
+contiguous slice of the global batch, computes the per-example cross-entropy and divides its
+sum by the GLOBAL batch size: what ``tf.nn.compute_average_loss(..., global_batch_size=GLOBAL)``
+computes, without that function's run-time Assert on the batch size, which XLA
+(``jit_compile``) ignores with a logged warning every time it compiles the steps. The
+optimizer sums the replicas' gradients, so the update is the gradient of the mean loss over
+the whole global batch, and N replicas follow the trajectory of one device (up to float
+reassociation).
 BatchNorm is synchronised across replicas by default (LB's BN sees the whole global batch);
 per-replica BN statistics (a ghost-batch experiment) are selectable and recorded. Dropout
 (C1-C4) is the exception: every replica draws its masks from the same seed state, so C-net
@@ -47,7 +50,7 @@ class TrainSteps:
         with tf.GradientTape() as tape:
             logits = tf.cast(self._model(x, training=True), tf.float32)
             per_example = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=logits)
-            loss = tf.nn.compute_average_loss(per_example, global_batch_size=self._global_batch)
+            loss = tf.reduce_sum(per_example) / self._global_batch
             scaled = self._optimizer.scale_loss(loss)
         gradients = tape.gradient(scaled, variables)
         self._optimizer.apply_gradients(zip(gradients, variables, strict=True))
