@@ -24,9 +24,9 @@ Error output, the contract every binary keeps (README, "Errors and logs"):
   ``ValueError`` (``DataError``, ``TrainError``, ...), prints no traceback (``--verbosity=1``
   re-raises library errors with theirs) and writes no result.
 - Every other line on stderr is either TensorFlow's native log output or one of the binary's
-  own log lines (absl format, ``[IWEF]MMDD HH:MM:SS.micros THREAD FILE.py:LINE] ...``): the
-  progress logged before the failure, none for a bad flag (it fails before any work) and none
-  under ``--quiet``, where the error line is the binary's only own line on stderr.
+  own log lines (absl format, ``[IWEF]MMDD HH:MM:SS.micros THREAD FILE.py:LINE] ...``)
+  logged before the failure: none for a bad flag, which fails before any work starts, and
+  only warnings under ``--quiet``.
 - TensorFlow's native (C++) log records are written straight to file descriptor 2, some at
   ``import tensorflow`` before any code of the binary runs and whatever
   ``TF_CPP_MIN_LOG_LEVEL`` says, so they may precede the error line. A native record starts
@@ -270,7 +270,7 @@ def nondefault_flags() -> str:
 
 # --- entry point -----------------------------------------------------------------------------
 
-def _fail(message: str, status: int) -> None:
+def fail(message: str, status: int) -> None:
     """Writes the one-line error of the contract (module docstring) and exits with ``status``."""
     program = os.path.basename(sys.argv[0]) if sys.argv else "benchmark"
     one_line = " ".join(str(message).split())
@@ -299,7 +299,7 @@ def _route_python_logs(show_library_info: bool) -> None:
     """Sends every Python log record through absl's handler, filtered per the policy.
 
     TensorFlow's logger gets a handler of its own when it is created before absl's handler
-    is installed, which printed each TensorFlow warning twice (once in absl's format); with
+    is installed, which would print each TensorFlow warning twice (once in absl's format); with
     absl's handler on the root logger that handler is removed.
     """
     handler = logging.get_absl_handler()
@@ -320,15 +320,15 @@ def parse_flags(argv: list[str]) -> list[str]:
     try:
         remaining = FLAGS(argv)
     except flags.Error as error:
-        _fail(f"{error} (see --helpfull)", EXIT_FLAG_ERROR)
+        fail(f"{error} (see --helpfull)", EXIT_FLAG_ERROR)
     if len(remaining) > 1:
-        _fail(f"unexpected arguments {remaining[1:]}: pass every setting as --name=value",
+        fail(f"unexpected arguments {remaining[1:]}: pass every setting as --name=value",
               EXIT_FLAG_ERROR)
     if "cpu_devices" in FLAGS and FLAGS.cpu_devices is not None:
         try:
             distribute.split_cpu(FLAGS.cpu_devices)
         except ValueError as error:
-            _fail(error, EXIT_FLAG_ERROR)
+            fail(error, EXIT_FLAG_ERROR)
     if "quiet" in FLAGS and FLAGS.quiet:
         logging.set_verbosity(logging.WARNING)
     _route_python_logs(show_library_info=logging.level_debug())
@@ -345,7 +345,7 @@ def guard(main):
         except ValueError as error:
             if logging.level_debug():
                 raise
-            _fail(error, EXIT_RUN_ERROR)
+            fail(error, EXIT_RUN_ERROR)
 
     return guarded
 

@@ -16,7 +16,7 @@ tolerances) to FILE.
 
 import os
 
-from absl import flags, logging
+from absl import flags
 
 from benchmarks import common
 from lbgap_tf import gap, gate, models, report, sharpness, tables, train
@@ -151,9 +151,8 @@ def main(argv):
                              outcome.sharpness_rows, setup)
         print(verdict.describe())
         if not verdict.passed:
-            logging.error("regression gate failed: %d bound(s) violated",
-                          len(verdict.violations))
-            raise SystemExit(EXIT_GATE_FAILED)
+            common.fail(f"regression gate failed: {len(verdict.violations)} bound(s) of "
+                        f"{FLAGS.baseline} violated (listed above)", EXIT_GATE_FAILED)
 
 
 if __name__ == "__main__":

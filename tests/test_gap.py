@@ -186,6 +186,8 @@ def test_binary_writes_a_baseline_passes_it_and_fails_a_tightened_one(tmp_path):
     assert failed.returncode == 1
     assert "VIOLATED F1 test_accuracy" in failed.stdout
     assert ">= 101" in failed.stdout
+    assert binaries.error_message(failed.stderr, "gap.py").startswith(
+        "regression gate failed: 1 bound(s) of")
 
 
 def test_binary_rejects_a_malformed_baseline_before_training(tmp_path):
