@@ -143,9 +143,6 @@ def trainable_distance(model: keras.Model, x0: Sequence[np.ndarray]) -> float:
     return float(np.sqrt(np.sum(squares)))
 
 
-PAIR_WORK = "pair"
-
-
 def _epochs_work(regime: str) -> str:
     return f"{regime} epoch"
 
@@ -155,13 +152,13 @@ def _measurements_work(dim: int | None, solver: str) -> str:
 
 
 def _progress(config: GapConfig) -> progress.StageProgress:
-    """The experiment's stages and work: per network and trial, SB and LB epochs, a pair, and
-    every measurement of both minimizers; epochs under plateau stopping are caps."""
+    """The experiment's stages and work: per network and trial, SB and LB epochs and every
+    measurement of both minimizers; epochs under plateau stopping are caps. The pair stage
+    (two distances, seconds) is not costed."""
     plan = config.sharpness
     spaces = [(dim, solver) for dim in dict.fromkeys(plan.subspace_dims)
               for solver in dict.fromkeys(plan.solvers)]
-    per_trial = {_epochs_work("SB"): config.sb.epochs, _epochs_work("LB"): config.lb.epochs,
-                 PAIR_WORK: 1}
+    per_trial = {_epochs_work("SB"): config.sb.epochs, _epochs_work("LB"): config.lb.epochs}
     for dim, solver in spaces:
         per_trial[_measurements_work(dim, solver)] = 2 * len(dict.fromkeys(plan.epsilons))
     trials = len(config.models) * config.trials
@@ -253,10 +250,9 @@ class _Experiment:
         done = any(row["sb_run_id"] == sb.run_id and row["lb_run_id"] == lb.run_id
                    for row in self.rows(PAIRS_FILE))
         if done:
-            self.progress.skip(f"{model} seed {seed}: pair recorded earlier, skipped",
-                               PAIR_WORK, 1)
+            self.progress.skip(f"{model} seed {seed}: pair recorded earlier, skipped")
             return pair
-        stage = self.progress.begin(f"{model} seed {seed}: distances from x0", PAIR_WORK, 1)
+        self.progress.begin(f"{model} seed {seed}: distances from x0")
         x0 = train.load_x0(x0_path)
         sb_distance = trainable_distance(self._model(sb), x0)
         lb_distance = trainable_distance(self._model(lb), x0)
@@ -276,7 +272,6 @@ class _Experiment:
         }
         if train.is_chief(self.strategy):
             results.append_row(self.paths[PAIRS_FILE], row)
-        self.progress.end(stage)
         return pair
 
     def _model(self, run: _Run) -> keras.Model:

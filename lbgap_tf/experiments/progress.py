@@ -1,13 +1,13 @@
 """Progress of a long experiment, with an ETA from what the work left costs.
 
-An experiment runs a known sequence of stages, and its work comes in units of a few kinds:
-the epochs of one regime's training, the measurements of one sharpness space and solver, the
-distance computation of one pair. Every stage run in this process is timed, and its wall time
-divided by the units it did is a measured cost per unit of its kind. That cost includes what
-the stage spends around its units (a training run's startup and final evaluation, a sharpness
-problem's set-up), so the remaining stages, which repeat the finished ones with other seeds,
-cost about what those did. The ETA is the sum over the work left of units x cost of their
-kind.
+An experiment runs a known sequence of stages, and its work comes in units of a few kinds,
+e.g. the epochs of one regime's training or the measurements of one sharpness space and
+solver (a stage of negligible cost need not count any). Every stage run in this process is
+timed, and its wall time divided by the units it did is a measured cost per unit of its kind.
+That cost includes what the stage spends around its units (a training run's startup and
+final evaluation, a sharpness problem's set-up), so the remaining stages, which repeat the
+finished ones with other seeds, cost about what those did. The ETA is the sum over the work
+left of units x cost of their kind.
 
 A kind not yet timed in this process falls back on the cost recorded by an earlier process
 in the rows of the stages it finished (a run's epoch time, a measurement's solve time; these
