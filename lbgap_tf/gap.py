@@ -169,13 +169,14 @@ def _progress(config: GapConfig) -> progress.StageProgress:
         {work: units * trials for work, units in per_trial.items()}, capped)
 
 
-def _recorded(rows: Sequence[dict], units_column: str | None, seconds_column: str
+def _recorded(rows: Sequence[dict], units_column: str | None, *seconds_columns: str
               ) -> tuple[float, float] | None:
-    """(units, seconds) of finished stages as their rows recorded them (one unit per row
-    without ``units_column``); None when a row lacks the numbers."""
+    """(units, seconds) of finished stages as their rows recorded them: the sums of
+    ``units_column`` (one unit per row without it) and of ``seconds_columns``; None when a
+    row lacks the numbers."""
     try:
         units = sum(float(row[units_column]) if units_column else 1.0 for row in rows)
-        seconds = sum(float(row[seconds_column]) for row in rows)
+        seconds = sum(float(row[column]) for row in rows for column in seconds_columns)
     except (KeyError, ValueError):
         return None
     return (units, seconds) if rows else None
@@ -223,7 +224,7 @@ class _Experiment:
         work = _epochs_work(config.regime)
         if finished:
             self.progress.skip(f"{label}: trained earlier, skipped", work, config.epochs,
-                               _recorded(finished[:1], "epochs_run", "wall_time_s"))
+                               _recorded(finished[:1], "epochs_run", "wall_time_s", "startup_s"))
             return _Run(run_id, run_dir, config, finished[0], None)
         resumed = min(config.epochs,
                       len(results.read_rows(os.path.join(run_dir, train.HISTORY_FILE))))

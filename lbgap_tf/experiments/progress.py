@@ -10,10 +10,10 @@ finished ones with other seeds, cost about what those did. The ETA is the sum ov
 left of units x cost of their kind.
 
 A kind not yet timed in this process falls back on the cost recorded by an earlier process
-in the rows of the stages it finished (a run's epoch time, a measurement's solve time; these
-leave out startup and set-up). A kind with no cost at all is named as not yet timed rather
-than guessed, and work that is only a cap (epochs under plateau stopping) makes the ETA an
-upper bound ("at most").
+in the rows of the stages it finished (a run's epoch and startup times, a measurement's solve
+time; these leave out the final evaluation and set-up). A kind with no cost at all is named
+as not yet timed rather than guessed, and work that is only a cap (epochs under plateau
+stopping) makes the ETA an upper bound ("at most").
 """
 
 from __future__ import annotations
