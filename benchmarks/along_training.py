@@ -28,6 +28,9 @@ FIGURE_FILE = "fig6_along_training.png"
 figure_flags.define_figure_flags()
 figure_flags.define_pair_flags()
 figure_flags.define_sharpness_flags()
+# --helpshort lists the shared flags too.
+flags.adopt_module_key_flags(common)
+flags.adopt_module_key_flags(figure_flags)
 flags.DEFINE_list("sb_snapshots", ["1", "2", "5", "10", "20"],
                   "SB epochs whose iterates are measured, strictly increasing, at most "
                   "--sb_epochs.")

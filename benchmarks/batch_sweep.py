@@ -26,6 +26,9 @@ FIGURE_FILE = "fig4_sweep.png"
 
 figure_flags.define_figure_flags()
 figure_flags.define_sharpness_flags()
+# --helpshort lists the shared flags too.
+flags.adopt_module_key_flags(common)
+flags.adopt_module_key_flags(figure_flags)
 flags.DEFINE_list("batch_sizes", ["256", "1024", "2048", "6000"],
                   "GLOBAL batch sizes (over all replicas), strictly increasing.")
 flags.DEFINE_integer("epochs", 20, "Epochs of every run (the cap under --plateau_patience); "

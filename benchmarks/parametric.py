@@ -27,6 +27,9 @@ FLAGS = flags.FLAGS
 
 figure_flags.define_figure_flags()
 figure_flags.define_pair_flags()
+# --helpshort lists the shared flags too.
+flags.adopt_module_key_flags(common)
+flags.adopt_module_key_flags(figure_flags)
 flags.DEFINE_list("alphas", None, "Path parameters, strictly increasing. Default: the paper's "
                   "25 evenly spaced values in [-1, 2].")
 flags.DEFINE_list("paths", list(landscape.PATHS),

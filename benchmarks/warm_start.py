@@ -28,6 +28,9 @@ FIGURE_FILE = "fig5_warm_start.png"
 figure_flags.define_figure_flags()
 figure_flags.define_pair_flags()
 figure_flags.define_sharpness_flags()
+# --helpshort lists the shared flags too.
+flags.adopt_module_key_flags(common)
+flags.adopt_module_key_flags(figure_flags)
 flags.DEFINE_list("start_epochs", ["0", "1", "2", "5", "10", "20"],
                   "SB epochs after which an LB run starts (0: LB from x0), strictly "
                   "increasing, at most --sb_epochs.")

@@ -66,8 +66,9 @@ def test_the_native_threshold_follows_the_verbosity_asked_for(tmp_path):
 
 
 # (binary, arguments, exit status, part of the error message); every case fails before
-# writing anything, under TensorFlow's noisiest native logging. benchmarks.sharpness and
-# benchmarks.gap are checked the same way in their own test files.
+# writing anything, under TensorFlow's noisiest native logging. benchmarks.sharpness,
+# benchmarks.gap and benchmarks.parametric are checked the same way in their own test files;
+# every binary fails through the same benchmarks.common.run.
 NOISY_FAILURES = [
     ("benchmarks.train", ["--model=F1", "--dataset=synthetic", "--synthetic_train_examples=64",
                           "--synthetic_test_examples=8", "--batch_size=128", "--quiet"],
@@ -84,12 +85,21 @@ HELPSHORT = {
                              "--strategy", "--output_dir"],
     "benchmarks.train_throughput": ["--model", "--dataset", "--methods", "--strategy",
                                     "--output_dir"],
+    "benchmarks.parametric": ["--model", "--dataset", "--alphas", "--paths", "--sb_batch_size",
+                              "--lb_batch_size", "--strategy", "--output_dir", "--replot"],
+    "benchmarks.batch_sweep": ["--model", "--dataset", "--batch_sizes", "--trials", "--epochs",
+                               "--epsilons", "--strategy", "--output_dir", "--replot"],
+    "benchmarks.warm_start": ["--model", "--dataset", "--start_epochs", "--sb_batch_size",
+                              "--lb_batch_size", "--epsilons", "--strategy", "--output_dir"],
+    "benchmarks.along_training": ["--model", "--dataset", "--sb_snapshots", "--lb_snapshots",
+                                  "--epsilons", "--strategy", "--output_dir"],
 }
 
 
 @pytest.fixture(scope="module")
 def outcomes(tmp_path_factory):
-    """Every process of this module, started together: the noisy failures and --helpshort."""
+    """Every process of this module, started together, all under TensorFlow's noisiest native
+    logging: the failures and every binary's --helpshort."""
     out_dir = tmp_path_factory.mktemp("contract")
     noisy = binaries.environment(**binaries.NOISY_TENSORFLOW)
     started = {}
@@ -97,7 +107,7 @@ def outcomes(tmp_path_factory):
         started[("noisy", module)] = binaries.start(
             module, *args, f"--output_dir={out_dir / module}", env=noisy)
     for module in HELPSHORT:
-        started[("helpshort", module)] = binaries.start(module, "--helpshort")
+        started[("helpshort", module)] = binaries.start(module, "--helpshort", env=noisy)
     return {key: binaries.finish(process) for key, process in started.items()}, out_dir
 
 
@@ -122,6 +132,8 @@ def test_helpshort_lists_the_main_flags(outcomes, module):
     processes, _ = outcomes
     code, out, err = processes[("helpshort", module)]
     assert code in (0, 1), err  # absl ends --helpshort with status 1.
+    _, own = binaries.split_stderr(err, binaries.program_name(module))
+    assert own == [], own  # Importing the binary writes nothing of its own to stderr.
     listed = {line.split(":")[0].strip().replace("--[no]", "--")
               for line in out.splitlines() if line.startswith("  --")}
     missing = [name for name in HELPSHORT[module] if name not in listed]

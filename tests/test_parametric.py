@@ -14,6 +14,7 @@ from lbgap_tf import data, evaluation, results, train
 from lbgap_tf.experiments import parametric
 from lbgap_tf.measures import landscape
 from lbgap_tf.reporting import plots
+from tests import binaries
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SPEC = data.SyntheticSpec(num_train=256, num_test=64, input_shape=(16,), num_classes=4, seed=0)
@@ -194,15 +195,11 @@ def test_figures_are_drawn_from_the_csv_alone_without_tensorflow(finished, tmp_p
         plots.parametric_figures([], str(tmp_path))
 
 
-def _binary(*args):
-    env = dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="2")
-    return subprocess.run([sys.executable, "-m", "benchmarks.parametric", *args], cwd=REPO,
-                          env=env, capture_output=True, text=True, timeout=300)
-
-
 def test_binary_rejects_bad_alphas_in_one_line_without_writing(tmp_path):
-    bad = _binary("--dataset=synthetic", "--alphas=0,-1,1", f"--output_dir={tmp_path}/out")
-    assert bad.returncode == 1
-    assert bad.stderr.strip().splitlines()[-1].startswith("parametric.py: error: --alphas")
-    assert "strictly increasing" in bad.stderr
+    code, _, err = binaries.run(
+        "benchmarks.parametric", "--dataset=synthetic", "--alphas=0,-1,1",
+        f"--output_dir={tmp_path}/out", env=binaries.environment(**binaries.NOISY_TENSORFLOW))
+    assert code == 1
+    message = binaries.error_message(err, "parametric.py")
+    assert message.startswith("--alphas") and "strictly increasing" in message
     assert not os.path.exists(tmp_path / "out")
