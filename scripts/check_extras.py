@@ -14,7 +14,8 @@ check says so and is skipped.
 
     .venv/bin/python scripts/check_extras.py    # .ci/run runs it before the test suite
 
-Exit status 0: every variant resolves (or the index is unreachable); 1: one does not.
+Exit status 0: every variant resolves (or the index is unreachable, or pip lost it twice while
+resolving a variant: that variant is reported SKIPPED); 1: one does not resolve.
 """
 
 import configparser
@@ -47,8 +48,14 @@ def index_reachable() -> bool:
     return probe.returncode == 0
 
 
-def resolve(variant: str) -> tuple[bool, str]:
-    """(resolves, what pip chose or why not) for ``.[variant]``."""
+NETWORK_TROUBLE = ("Could not fetch URL", "Max retries exceeded", "Read timed out",
+                   "ConnectionError", "Connection reset", "Temporary failure in name resolution",
+                   "HTTP error 5")
+
+
+def resolve(variant: str) -> tuple[bool | None, str]:
+    """(resolves, what pip chose or why not) for ``.[variant]``; resolves is None when pip
+    failed on the network rather than on the pins (so nothing was decided)."""
     with tempfile.TemporaryDirectory() as scratch:
         report = os.path.join(scratch, "report.json")
         done = subprocess.run(
@@ -58,6 +65,8 @@ def resolve(variant: str) -> tuple[bool, str]:
         if done.returncode != 0:
             errors = [line for line in done.stderr.splitlines() if line.startswith("ERROR")
                       and not line.startswith("ERROR: Ignored the following versions")]
+            if any(marker in done.stderr for marker in NETWORK_TROUBLE):
+                return None, "pip lost the index: " + done.stderr.strip().splitlines()[-1]
             return False, "\n".join(errors or done.stderr.splitlines()[-5:])
         with open(report, encoding="utf-8") as handle:
             chosen = {item["metadata"]["name"].lower().replace("_", "-"):
@@ -76,7 +85,12 @@ def main() -> int:
     for variant in variants():
         began = time.perf_counter()
         resolves, detail = resolve(variant)
+        if resolves is None:  # One more try before calling the network flaky.
+            resolves, detail = resolve(variant)
         seconds = time.perf_counter() - began
+        if resolves is None:
+            print(f"check_extras: .[{variant}] SKIPPED: {detail}", flush=True)
+            continue
         verdict = "resolves" if resolves else "DOES NOT RESOLVE"
         print(f"check_extras: .[{variant}] on Python {python} {verdict} ({seconds:.0f} s): "
               f"{detail}", flush=True)
