@@ -1,1 +1,2 @@
-"""The paper's figures as experiments: each a frozen config, rows with provenance and PNGs."""
+"""Experiments built on training and measuring: the paper's figures (each a frozen config,
+rows with provenance and PNGs) and accelerator setups compared."""
