@@ -34,9 +34,11 @@ than falling on the last one. ``isolation="inline"`` runs the same work in this 
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -50,6 +52,8 @@ XLA = "xla"
 ISOLATIONS = ("process", "inline")
 SPEC_FILE = "spec.json"
 SETUP_RUNS_FILE = "setup_runs.csv"
+# The worker's own log lines (gap stages, epochs, run ends), passed on as progress.
+PROGRESS_MARKERS = re.compile(r"\] \[gap |\] epoch \d+/|finished after|sharpness .* evals")
 WORK_STAGES = ("training_s", "distances_s", "sharpness_s", "native_sharpness_s")
 SYNTAX = "STRATEGY[:REPLICAS][@DEVICE]/PRECISION[/xla], e.g. mirrored:2/float32"
 
@@ -381,7 +385,8 @@ def _spec(config, setup, seed, machine, data_dirs, tpu_address, quiet, nondefaul
 
 
 def _run_process(spec: dict, directory: str) -> str | None:
-    """Runs one worker process on ``spec``; returns its error line, None on success."""
+    """Runs one worker process on ``spec``, passing its progress lines on as they come;
+    returns its error line, None on success."""
     os.makedirs(directory, exist_ok=True)
     path = os.path.join(directory, SPEC_FILE)
     from lbgap_tf.tables import write_text_atomic
@@ -391,23 +396,20 @@ def _run_process(spec: dict, directory: str) -> str | None:
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [repo, env.get("PYTHONPATH")]))
-    process = subprocess.run(
-        [sys.executable, "-m", "lbgap_tf.experiments.setup_worker", path, directory],
-        stdout=None, stderr=subprocess.PIPE, text=True, env=env, check=False)
+    last_lines = collections.deque(maxlen=50)
+    with subprocess.Popen(
+            [sys.executable, "-m", "lbgap_tf.experiments.setup_worker", path, directory],
+            stderr=subprocess.PIPE, text=True, env=env) as process:
+        for line in process.stderr:
+            last_lines.append(line.rstrip())
+            if not spec["quiet"] and PROGRESS_MARKERS.search(line):
+                sys.stderr.write(line)
+                sys.stderr.flush()
     if process.returncode == 0:
-        if not spec["quiet"]:
-            _relay_progress(process.stderr)
         return None
-    lines = [line for line in process.stderr.splitlines() if line.strip()]
+    lines = [line for line in last_lines if line.strip()]
     errors = [line for line in lines if "error:" in line]
     return (errors or lines or [f"exit status {process.returncode}"])[-1].strip()
-
-
-def _relay_progress(stderr: str) -> None:
-    """Passes on the worker's own log lines (the suite's, not TensorFlow's native chatter)."""
-    for line in stderr.splitlines():
-        if "] [gap " in line or "finished after" in line:
-            sys.stderr.write(line + "\n")
 
 
 # --- rows --------------------------------------------------------------------------------------
