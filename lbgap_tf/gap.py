@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
 import os
 import time
 from collections.abc import Sequence
@@ -207,10 +208,14 @@ class _Experiment:
             for trial, seed in enumerate(self.config.seeds):
                 pair = self._pair(model, trial, seed, train_data, test_data)
                 run_ids += [pair.sb.run_id, pair.lb.run_id]
+                spaces = {}  # SB and LB of a trial share its random subspaces (one seed).
                 for run in (pair.sb, pair.lb):
                     with self.timed("sharpness"):
-                        keys |= self._sharpness(run, seed, train_data)
-                    run.model = None  # Keeps at most one trial's networks alive.
+                        keys |= self._sharpness(run, seed, train_data, spaces)
+                del pair, spaces
+                # The networks, subspaces and the data copies held by their compiled
+                # functions form reference cycles: free them before the next trial.
+                gc.collect()
         return run_ids, gap_ids, keys
 
     # --- training ---------------------------------------------------------------------
@@ -293,7 +298,10 @@ class _Experiment:
 
     # --- sharpness --------------------------------------------------------------------
 
-    def _sharpness(self, run: _Run, seed: int, train_data: data.SplitData) -> set:
+    def _sharpness(self, run: _Run, seed: int, train_data: data.SplitData,
+                   spaces: dict) -> set:
+        """Measures the run's missing sharpness values; ``spaces`` caches the random
+        subspaces (by dimension) of the trial's seed across its runs."""
         plan = self.config.sharpness
         eval_examples = min(plan.eval_examples or train_data.info.num_examples,
                             train_data.info.num_examples)
@@ -308,7 +316,7 @@ class _Experiment:
                         eval_batch_size=eval_batch)
                     for eps in plan.epsilons}
         finished = sharpness_rows.finished_keys(self.rows(SHARPNESS_FILE))
-        problem, spaces = None, {}
+        problem = None
         for (dim, solver), by_eps in wanted.items():
             space_name = "full space" if dim is None else f"random subspace p={dim}"
             label = f"{run.config.model} {run.config.regime} seed {seed}: sharpness, " \
