@@ -331,3 +331,33 @@ def test_compare_merges_two_machines_and_lists_mismatches(compared, tmp_path):
     assert (tmp_path / "merged" / "compare.csv").exists()
     missing = _binary("compare", f"--results={machine_a},{tmp_path / 'nowhere'}")
     assert missing.returncode == 1 and "does not exist" in missing.stderr
+
+
+# --- the checkpoint interval ------------------------------------------------------------------
+
+def test_a_checkpoint_interval_saves_less_and_a_killed_run_restarts_from_the_last_one(tmp_path):
+    import tensorflow as tf
+
+    config = train.TrainConfig(model="F1", dataset="synthetic", synthetic=SPEC, batch_size=64,
+                               epochs=3, eval_batch_size=256, steps_per_call=4)
+    splits = train.load_data(config)
+    run_dir = str(tmp_path / "run")
+    with pytest.raises(train.TrainError, match="checkpoint_every_s"):
+        train.train(config, *splits, run_dir=run_dir, quiet=True, checkpoint_every_s=-1)
+
+    def interrupt_after_two(epoch, row):
+        if epoch == 2:
+            raise KeyboardInterrupt("killed")
+
+    with pytest.raises(KeyboardInterrupt):
+        train.train(config, *splits, run_dir=run_dir, quiet=True, checkpoint_every_s=3600,
+                    on_epoch_end=interrupt_after_two)
+    checkpoints = os.path.join(run_dir, train.CHECKPOINT_DIR)
+    assert tf.train.latest_checkpoint(checkpoints) is None  # None due within the hour.
+    assert len(results.read_rows(os.path.join(run_dir, train.HISTORY_FILE))) == 2
+    seen = []
+    result = train.train(config, *splits, run_dir=run_dir, quiet=True, checkpoint_every_s=3600,
+                         on_epoch_end=lambda epoch, row: seen.append(epoch))
+    assert seen == [1, 2, 3]  # Nothing was checkpointed, so the run started over.
+    assert [row["epoch"] for row in result.history] == [1, 2, 3]
+    assert tf.train.latest_checkpoint(checkpoints).endswith("-3")  # The last epoch is saved.
