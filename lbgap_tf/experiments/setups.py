@@ -343,7 +343,9 @@ def run(config: SetupsConfig, *, output_dir: str, machine: Machine,
             spec = _spec(config, setup, seed, machine, data_dirs or {}, tpu_address, quiet,
                          nondefault_flags, checkpoint_every_s)
             elapsed = time.perf_counter() - started
-            log(f"[setups {done}/{total}, {elapsed / 60:.1f} min elapsed] {setup.name}, "
+            eta = f", ETA {elapsed / (done - 1) * (total - done + 1) / 60:.1f} min" \
+                if done > 1 else ""
+            log(f"[setups {done}/{total}, {elapsed / 60:.1f} min elapsed{eta}] {setup.name}, "
                 f"seed {seed}")
             spawned = time.time()
             if isolation == "inline":
