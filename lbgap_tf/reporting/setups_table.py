@@ -23,7 +23,7 @@ def _number(value, digits=3) -> str:
         return "–"
     if isinstance(value, bool):
         return "yes" if value else "no"
-    if abs(value) >= 1000:
+    if abs(value) >= 10 ** digits:
         return f"{value:,.0f}"
     return f"{value:.{digits}g}"
 
