@@ -53,7 +53,8 @@ ISOLATIONS = ("process", "inline")
 SPEC_FILE = "spec.json"
 SETUP_RUNS_FILE = "setup_runs.csv"
 # The worker's own log lines (gap stages, epochs, run ends), passed on as progress.
-PROGRESS_MARKERS = re.compile(r"\] \[gap |\] epoch \d+/|finished after|sharpness .* evals")
+PROGRESS_MARKERS = re.compile(
+    r"(\] |INFO:absl:)(\[gap |epoch \d+/)|finished after|sharpness .* evals")
 WORK_STAGES = ("training_s", "distances_s", "sharpness_s", "native_sharpness_s")
 SYNTAX = "STRATEGY[:REPLICAS][@DEVICE]/PRECISION[/xla], e.g. mirrored:2/float32"
 
