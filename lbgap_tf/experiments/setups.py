@@ -44,7 +44,9 @@ import sys
 import time
 from collections.abc import Sequence
 
-from lbgap_tf import distribute, gap, results, train
+from lbgap_tf import data, distribute, gap, results, tables, train
+from lbgap_tf.experiments import setup_worker
+from lbgap_tf.train.x0 import weights_digest
 
 DEVICES = ("cpu", "gpu", "tpu")
 SINGLE_REPLICA_STRATEGIES = ("default", "one_device")
@@ -350,8 +352,6 @@ def run(config: SetupsConfig, *, output_dir: str, machine: Machine,
                 f"seed {seed}")
             spawned = time.time()
             if isolation == "inline":
-                from lbgap_tf.experiments import setup_worker
-
                 error = setup_worker.run_inline(spec, directory)
             else:
                 error = _run_process(spec, directory)
@@ -392,9 +392,7 @@ def _run_process(spec: dict, directory: str) -> str | None:
     returns its error line, None on success."""
     os.makedirs(directory, exist_ok=True)
     path = os.path.join(directory, SPEC_FILE)
-    from lbgap_tf.tables import write_text_atomic
-
-    write_text_atomic(path, json.dumps(spec, indent=2, sort_keys=True) + "\n")
+    tables.write_text_atomic(path, json.dumps(spec, indent=2, sort_keys=True) + "\n")
     env = dict(os.environ)
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -430,8 +428,6 @@ SETUP_RUN_COLUMNS = (
 def _append_rows(output_dir: str, directory: str, setup: Setup, seed: int) -> dict:
     """Appends this (setup, seed)'s run rows to ``setup_runs.csv`` unless there already;
     returns the worker's process record of the seed."""
-    from lbgap_tf.experiments import setup_worker
-
     record = setup_worker.process_record(directory, seed)
     if record is None:
         raise SetupError(f"the worker of setup {setup.name!r}, seed {seed} left no process "
@@ -443,7 +439,7 @@ def _append_rows(output_dir: str, directory: str, setup: Setup, seed: int) -> di
             continue
         x0 = train.load_x0(os.path.join(directory, "runs", run["run_id"], train.X0_FILE))
         row = {
-            "setup": setup.name, "setup_seed": seed, "x0_sha256": _digest(x0),
+            "setup": setup.name, "setup_seed": seed, "x0_sha256": weights_digest(x0),
             **{column: run[column] for column in SETUP_RUN_COLUMNS if column in run},
             **{column: record.get(column) for column in (
                 "peak_rss_mb", "device_peak_mb", "training_s", "sharpness_s",
@@ -451,12 +447,6 @@ def _append_rows(output_dir: str, directory: str, setup: Setup, seed: int) -> di
         }
         results.append_row(path, {column: row.get(column) for column in SETUP_RUN_COLUMNS})
     return record
-
-
-def _digest(arrays) -> str:
-    from lbgap_tf.train.x0 import weights_digest
-
-    return weights_digest(arrays)
 
 
 # --- configs as JSON (the worker's spec) ------------------------------------------------------
@@ -467,7 +457,7 @@ def gap_config_to_dict(config: gap.GapConfig) -> dict:
 
 
 def gap_config_from_dict(value: dict) -> gap.GapConfig:
-    from lbgap_tf import data
+    """The ``GapConfig`` of ``gap_config_to_dict``'s data."""
 
     def train_config(item):
         item = dict(item)
