@@ -3,6 +3,7 @@ computations, a three-setup comparison end to end (inline, on 2 logical CPUs), T
 events, and the binaries (worker processes, bad setups, merging folders of two machines)."""
 
 import csv
+import dataclasses
 import math
 import os
 import shutil
@@ -69,6 +70,12 @@ def test_every_bad_setup_of_a_list_gets_its_line():
     assert "foo" in lines[0] and "bf16" in lines[1] and "given twice" in lines[2]
     with pytest.raises(setups.SetupError, match="at least two setups"):
         setups.parse_setups(["default/float32"])
+
+
+def test_a_gap_config_goes_to_the_worker_and_back_unchanged():
+    config = _experiment()
+    config = dataclasses.replace(config, sb=dataclasses.replace(config.sb, snapshot_epochs=(1,)))
+    assert setups.gap_config_from_dict(setups.gap_config_to_dict(config)) == config
 
 
 def test_replicas_must_divide_both_global_batches():

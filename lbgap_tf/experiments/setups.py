@@ -460,7 +460,8 @@ def gap_config_from_dict(value: dict) -> gap.GapConfig:
     """The ``GapConfig`` of ``gap_config_to_dict``'s data."""
 
     def train_config(item):
-        item = dict(item)
+        item = {key: tuple(value) if isinstance(value, list) else value
+                for key, value in item.items()}  # JSON has no tuples.
         if item.get("synthetic") is not None:
             spec = dict(item["synthetic"])
             spec["input_shape"] = tuple(spec["input_shape"])
