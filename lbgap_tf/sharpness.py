@@ -294,9 +294,9 @@ class RandomSubspace:
     (b + 1) * rows_per_block) of G come from `tf.random.stateless_normal(seed=(seed, b))`, so
     any block can be regenerated and G is never needed whole. A+ x = (A^T A)^-1 A^T x uses the
     p x p Gram matrix, accumulated over the blocks in float64 at construction. The blocks are
-    kept in memory when n * p * 4 <= cache_bytes (as separate blocks: joining them into one
-    matrix would hold G twice while it is built, 1.2 GB for F1 at p = 100; the products are the
-    same blockwise arithmetic), otherwise regenerated at every product (one block at a time).
+    kept in memory when n * p * 4 <= cache_bytes (products are then one matrix-vector product,
+    equal to the blockwise ones up to float32 summation order), otherwise regenerated at every
+    product (one block at a time).
     """
 
     kind = "random"
@@ -317,7 +317,8 @@ class RandomSubspace:
         self._scale = 1.0 / math.sqrt(self.dim)
         self._cache = None
         if self.cached:
-            self._cache = [self._generate(tf.constant(b)) for b in range(self.num_blocks)]
+            self._cache = tf.concat([self._generate(tf.constant(b)) for b in
+                                     range(self.num_blocks)], axis=0)
         self.gram = self._gram() * (self._scale ** 2)  # A^T A, float64 [p, p]
 
     def _rows(self, block):
@@ -330,14 +331,16 @@ class RandomSubspace:
         return tf.random.stateless_normal(tf.stack([size, self.dim]), seed=seed,
                                           dtype=tf.float32)
 
+    def _block(self, block):
+        if self._cache is None:
+            return self._generate(block)
+        start, size = self._rows(block)
+        return self._cache[start:start + size]
+
     def _gram(self) -> tf.Tensor:
         """G^T G in float64."""
-        if self._cache is not None:
-            return tf.add_n([tf.matmul(tf.cast(g, tf.float64), tf.cast(g, tf.float64),
-                                       transpose_a=True) for g in self._cache])
-
         def body(b, total):
-            g = tf.cast(self._generate(b), tf.float64)
+            g = tf.cast(self._block(b), tf.float64)
             return b + 1, total + tf.matmul(g, g, transpose_a=True)
 
         _, gram = tf.while_loop(lambda b, _: b < self.num_blocks, body,
@@ -348,11 +351,11 @@ class RandomSubspace:
     def matvec(self, y: tf.Tensor) -> tf.Tensor:
         """A y = G (y / sqrt(p)), block by block: float64 y [p] -> float32 [n]."""
         v = tf.cast(tf.cast(y, tf.float64) * self._scale, tf.float32)
-        if self._cache is not None:  # The kept blocks (several times faster).
-            return tf.concat([tf.linalg.matvec(g, v) for g in self._cache], axis=0)
+        if self._cache is not None:  # One product over the kept G (several times faster).
+            return tf.linalg.matvec(self._cache, v)
 
         def body(b, parts):
-            return b + 1, parts.write(b, tf.linalg.matvec(self._generate(b), v))
+            return b + 1, parts.write(b, tf.linalg.matvec(self._block(b), v))
 
         parts = tf.TensorArray(tf.float32, size=self.num_blocks, element_shape=[None],
                                infer_shape=False)
@@ -364,15 +367,12 @@ class RandomSubspace:
         """A^T g = (G^T g) / sqrt(p), accumulated over blocks in float64: g [n] -> [p]."""
         g = tf.cast(g, tf.float32)
         if self._cache is not None:
-            step = self.rows_per_block
-            return tf.add_n([
-                tf.cast(tf.linalg.matvec(block, g[b * step:b * step + block.shape[0]],
-                                         transpose_a=True), tf.float64)
-                for b, block in enumerate(self._cache)]) * self._scale
+            product = tf.linalg.matvec(self._cache, g, transpose_a=True)
+            return tf.cast(product, tf.float64) * self._scale
 
         def body(b, total):
             start, size = self._rows(b)
-            part = tf.linalg.matvec(self._generate(b), g[start:start + size], transpose_a=True)
+            part = tf.linalg.matvec(self._block(b), g[start:start + size], transpose_a=True)
             return b + 1, total + tf.cast(part, tf.float64)
 
         _, total = tf.while_loop(lambda b, _: b < self.num_blocks, body,
