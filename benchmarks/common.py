@@ -195,6 +195,16 @@ def define_strategy_flags() -> None:
         message="--tpu_address needs --strategy=tpu")
 
 
+def define_checkpoint_flags() -> None:
+    """--checkpoint_every_s: how often a training run saves its checkpoint."""
+    flags.DEFINE_float(
+        "checkpoint_every_s", 0.0,
+        "0: checkpoint after every epoch. t > 0: after the first epoch ending t seconds or "
+        "more after the last checkpoint, and after the last epoch; a killed run loses at "
+        "most t seconds of training and writes fewer bytes. Changes no result.")
+    _validate("checkpoint_every_s", lambda v: v >= 0, "--checkpoint_every_s must be >= 0")
+
+
 def define_output_flags() -> None:
     """--output_dir, --seed, --quiet."""
     flags.DEFINE_string("output_dir", "results/",

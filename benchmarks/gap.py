@@ -29,6 +29,7 @@ common.define_data_flags()
 common.define_optimization_flags()
 common.define_distribution_flags()
 common.define_output_flags()
+common.define_checkpoint_flags()
 flags.adopt_module_key_flags(common)  # --helpshort lists the shared flags too.
 
 flags.DEFINE_list("models", ["F1"], "Networks to compare, e.g. F1,C1 (Table 1 names).")
@@ -127,7 +128,8 @@ def main(argv):
     strategy = common.strategy()
     outcome = gap.run(config, output_dir=FLAGS.output_dir, strategy=strategy,
                       data_dirs=common.data_dirs(), quiet=FLAGS.quiet,
-                      nondefault_flags=common.nondefault_flags())
+                      nondefault_flags=common.nondefault_flags(),
+                      checkpoint_every_s=FLAGS.checkpoint_every_s)
     text = report.summary(outcome)
     summary_path = os.path.join(FLAGS.output_dir, SUMMARY_FILE)
     tables.write_text_atomic(summary_path, text)

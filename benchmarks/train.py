@@ -24,6 +24,7 @@ common.define_model_data_flags()
 common.define_training_flags()
 common.define_distribution_flags()
 common.define_output_flags()
+common.define_checkpoint_flags()
 flags.adopt_module_key_flags(common)  # --helpshort lists the shared flags too.
 
 
@@ -41,7 +42,7 @@ def main(argv):
               "nothing to do. Delete its row and directory to train it again.")
         return
     result = train.train(config, train_data, test_data, run_dir=run_dir, strategy=strategy,
-                         quiet=FLAGS.quiet)
+                         quiet=FLAGS.quiet, checkpoint_every_s=FLAGS.checkpoint_every_s)
     if not train.is_chief(strategy):
         return
     row = train.run_record(result, run_id=run_id, nondefault_flags=common.nondefault_flags())

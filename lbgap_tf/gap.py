@@ -13,16 +13,26 @@ Every finished stage leaves a row: ``runs.csv`` per run, ``pairs.csv`` per pair,
 ``sharpness.csv`` per measurement. A rerun of the same experiment finds those rows and repeats
 no finished stage; an interrupted run resumes from its last checkpointed epoch. The tables are
 derived from the rows of this experiment only (``gap_id``), so experiments with other settings
-can share an output folder.
+can share an output folder. The outcome carries the wall time of each stage (data, training,
+distances, sharpness, tables) of this invocation.
 
 Each stage is logged as "[gap k/N, E min elapsed, ETA ...]", the ETA costing the work left
 (epochs per regime, measurements per space and solver) at the costs measured so far
 (``lbgap_tf.experiments.progress``).
+
+Sharpness is always measured in float32: the weights of a run trained under a mixed-precision
+dtype policy are copied into a float32 twin of its network first, because the box of Metric
+2.1 (relative 5e-4 to 1e-3) lies below bfloat16's resolution (~3.9e-3 relative) and a network
+computing in bfloat16 would round most of the perturbation away and look flatter than it is.
+The sharpness row's ``precision`` column is the precision of the measurement (float32); the
+run's training precision is in its ``runs.csv`` row.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import gc
 import os
 import time
 from collections.abc import Sequence
@@ -33,11 +43,14 @@ import tensorflow as tf
 
 from lbgap_tf import data, distribute, results, sharpness, sharpness_rows, tables, train
 from lbgap_tf.experiments import progress
+from lbgap_tf.train.network import build_model
 
 RUNS_FILE = "runs.csv"
 PAIRS_FILE = "pairs.csv"
 SHARPNESS_FILE = "sharpness.csv"
 BENCHMARK = "gap"
+STAGES = ("data", "training", "distances", "sharpness", "tables")
+SHARPNESS_PRECISION = "float32"
 
 PAIR_COLUMNS = (
     "gap_id", "model", "dataset", "trial", "seed", "sb_run_id", "lb_run_id",
@@ -134,6 +147,7 @@ class GapOutcome:
     table3: list[dict]
     table4: list[dict]
     wall_time_s: float
+    stage_seconds: dict = dataclasses.field(default_factory=dict)  # STAGES -> seconds
 
 
 def trainable_distance(model: keras.Model, x0: Sequence[np.ndarray]) -> float:
@@ -186,13 +200,24 @@ class _Experiment:
     """Runs one ``GapConfig`` into ``output_dir``; see ``run``."""
 
     def __init__(self, config: GapConfig, output_dir: str, strategy, data_dirs: dict,
-                 quiet: bool, nondefault_flags: str):
+                 quiet: bool, nondefault_flags: str, checkpoint_every_s: float):
         self.config, self.output_dir, self.strategy = config, output_dir, strategy
         self.data_dirs, self.quiet, self.nondefault_flags = data_dirs, quiet, nondefault_flags
+        self.checkpoint_every_s = checkpoint_every_s
         self.description = distribute.describe(strategy)
         self.paths = {name: os.path.join(output_dir, name)
                       for name in (RUNS_FILE, PAIRS_FILE, SHARPNESS_FILE)}
         self.progress = _progress(config)
+        self.stage_seconds = dict.fromkeys(STAGES, 0.0)
+
+    @contextlib.contextmanager
+    def timed(self, stage: str):
+        """Adds the wall time of the block to ``stage_seconds[stage]``."""
+        began = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.stage_seconds[stage] += time.perf_counter() - began
 
     def rows(self, name: str) -> list[dict]:
         return results.read_rows(self.paths[name])
@@ -203,13 +228,20 @@ class _Experiment:
         run_ids, gap_ids, keys = [], [], set()
         for model in self.config.models:
             gap_ids.append(self.config.gap_id(model))
-            train_data, test_data = train.load_data(
-                dataclasses.replace(self.config.sb, model=model), **self.data_dirs)
+            with self.timed("data"):
+                train_data, test_data = train.load_data(
+                    dataclasses.replace(self.config.sb, model=model), **self.data_dirs)
             for trial, seed in enumerate(self.config.seeds):
                 pair = self._pair(model, trial, seed, train_data, test_data)
                 run_ids += [pair.sb.run_id, pair.lb.run_id]
+                spaces = {}  # SB and LB of a trial share its random subspaces (one seed).
                 for run in (pair.sb, pair.lb):
-                    keys |= self._sharpness(run, seed, train_data)
+                    with self.timed("sharpness"):
+                        keys |= self._sharpness(run, seed, train_data, spaces)
+                del pair, spaces
+                # The networks, subspaces and the data copies held by their compiled
+                # functions form reference cycles: free them before the next trial.
+                gc.collect()
         return run_ids, gap_ids, keys
 
     # --- training ---------------------------------------------------------------------
@@ -231,9 +263,11 @@ class _Experiment:
         self.progress.finished_earlier(work, resumed)
         stage = self.progress.begin(f"training {label}", work, config.epochs - resumed)
         trained_here = []
-        result = train.train(config, train_data, test_data, run_dir=run_dir,
-                             strategy=self.strategy, quiet=self.quiet,
-                             on_epoch_end=lambda epoch, _: trained_here.append(epoch))
+        with self.timed("training"):
+            result = train.train(config, train_data, test_data, run_dir=run_dir,
+                                 strategy=self.strategy, quiet=self.quiet,
+                                 checkpoint_every_s=self.checkpoint_every_s,
+                                 on_epoch_end=lambda epoch, _: trained_here.append(epoch))
         self.progress.end(stage, units_done=len(trained_here))
         row = train.run_record(result, run_id=run_id, benchmark=BENCHMARK,
                                nondefault_flags=self.nondefault_flags)
@@ -254,9 +288,10 @@ class _Experiment:
             self.progress.skip(f"{model} seed {seed}: pair recorded earlier, skipped")
             return pair
         self.progress.begin(f"{model} seed {seed}: distances from x0")
-        x0 = train.load_x0(x0_path)
-        sb_distance = trainable_distance(self._model(sb), x0)
-        lb_distance = trainable_distance(self._model(lb), x0)
+        with self.timed("distances"):
+            x0 = train.load_x0(x0_path)
+            sb_distance = trainable_distance(self._model(sb), x0)
+            lb_distance = trainable_distance(self._model(lb), x0)
         sb_test, lb_test = (float(run.row["test_accuracy"]) for run in (sb, lb))
         row = {
             "gap_id": self.config.gap_id(model), "model": model,
@@ -283,9 +318,24 @@ class _Experiment:
                     os.path.join(run.run_dir, train.MODEL_FILE), compile=False)
         return run.model
 
+    def _measured_model(self, run: _Run, info: data.DatasetInfo) -> keras.Model:
+        """The run's network computing in float32 (``SHARPNESS_PRECISION``): the trained
+        network itself, or for a mixed-precision run a float32 twin holding its weights."""
+        model = self._model(run)
+        if run.config.precision == SHARPNESS_PRECISION:
+            return model
+        with self.strategy.scope():
+            twin = build_model(
+                dataclasses.replace(run.config, precision=SHARPNESS_PRECISION), info)
+        twin.set_weights(model.get_weights())
+        return twin
+
     # --- sharpness --------------------------------------------------------------------
 
-    def _sharpness(self, run: _Run, seed: int, train_data: data.SplitData) -> set:
+    def _sharpness(self, run: _Run, seed: int, train_data: data.SplitData,
+                   spaces: dict) -> set:
+        """Measures the run's missing sharpness values; ``spaces`` caches the random
+        subspaces (by dimension) of the trial's seed across its runs."""
         plan = self.config.sharpness
         eval_examples = min(plan.eval_examples or train_data.info.num_examples,
                             train_data.info.num_examples)
@@ -300,7 +350,7 @@ class _Experiment:
                         eval_batch_size=eval_batch)
                     for eps in plan.epsilons}
         measured = {sharpness_rows.row_key(row): row for row in self.rows(SHARPNESS_FILE)}
-        problem, spaces = None, {}
+        problem = None
         for (dim, solver), by_eps in wanted.items():
             space_name = "full space" if dim is None else f"random subspace p={dim}"
             label = f"{run.config.model} {run.config.regime} seed {seed}: sharpness, " \
@@ -317,7 +367,8 @@ class _Experiment:
                 f"{label}, eps {', '.join(f'{e:g}' for e in missing)}", work, len(missing))
             if problem is None:
                 problem = sharpness.SharpnessProblem(
-                    self._model(run), train_data.features, train_data.labels,
+                    self._measured_model(run, train_data.info), train_data.features,
+                    train_data.labels,
                     eval_batch_size=eval_batch,
                     eval_examples=None if eval_examples == train_data.info.num_examples
                     else eval_examples,
@@ -329,7 +380,7 @@ class _Experiment:
                                           max_iter=plan.max_iter, seed=seed):
                 row = sharpness_rows.sharpness_row(
                     result, run.row, benchmark=BENCHMARK, strategy=self.description,
-                    precision=run.config.precision, nondefault_flags=self.nondefault_flags)
+                    precision=SHARPNESS_PRECISION, nondefault_flags=self.nondefault_flags)
                 if train.is_chief(self.strategy):
                     results.append_row(self.paths[SHARPNESS_FILE], row)
             self.progress.end(stage)
@@ -352,21 +403,26 @@ class _Pair:
 
 
 def run(config: GapConfig, *, output_dir: str, strategy: tf.distribute.Strategy | None = None,
-        data_dirs: dict | None = None, quiet: bool = False,
-        nondefault_flags: str = "") -> GapOutcome:
+        data_dirs: dict | None = None, quiet: bool = False, nondefault_flags: str = "",
+        checkpoint_every_s: float = 0.0) -> GapOutcome:
     """Runs (or resumes) the experiment and writes its rows and tables into ``output_dir``.
+
+    ``checkpoint_every_s`` is the training runs' checkpoint interval (``train.train``; 0:
+    every epoch); it does not change any result.
 
     Tables ``table2.csv``, ``table3.csv`` (full space) and ``table4.csv`` (random subspace)
     are rebuilt from this experiment's rows at the end.
     """
     started = time.perf_counter()
     experiment = _Experiment(config, output_dir, strategy or tf.distribute.get_strategy(),
-                             data_dirs or {}, quiet, nondefault_flags)
+                             data_dirs or {}, quiet, nondefault_flags, checkpoint_every_s)
     run_ids, gap_ids, keys = experiment.run()
-    outcome = collect(output_dir, run_ids=run_ids, gap_ids=gap_ids, sharpness_keys=keys,
-                      wall_time_s=time.perf_counter() - started)
-    write_tables(output_dir, outcome)
-    return outcome
+    with experiment.timed("tables"):
+        outcome = collect(output_dir, run_ids=run_ids, gap_ids=gap_ids, sharpness_keys=keys,
+                          wall_time_s=time.perf_counter() - started)
+        write_tables(output_dir, outcome)
+    return dataclasses.replace(outcome, wall_time_s=time.perf_counter() - started,
+                               stage_seconds=dict(experiment.stage_seconds))
 
 
 def collect(output_dir: str, *, run_ids: Sequence[str], gap_ids: Sequence[str],

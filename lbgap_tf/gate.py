@@ -176,7 +176,9 @@ def measurements(run_rows: Iterable[dict], pair_rows: Iterable[dict],
     return values
 
 
-def _matching_values(bound: Bound, table: dict) -> dict:
+def matching_values(bound: Bound, table: dict) -> dict:
+    """The per-seed values of ``table`` (one network of ``measurements``) that ``bound``
+    bounds; {} when none was measured."""
     for (metric, regime, subspace, dim, solver, epsilon), per_seed in table.items():
         if metric != bound.metric or regime != bound.regime or subspace != bound.subspace:
             continue
@@ -194,7 +196,7 @@ def check(baseline_path: str, run_rows: list[dict], pair_rows: list[dict],
           sharpness_rows: list[dict], setup: dict) -> GateReport:
     """Checks the results against every bound of the baselines in ``baseline_path`` whose
     setup matches ``setup`` (keys ``SETUP_KEYS``)."""
-    baselines = [b for b in load_baselines(baseline_path) if _setup_matches(b["setup"], setup)]
+    baselines = [b for b in load_baselines(baseline_path) if setup_matches(b["setup"], setup)]
     if not baselines:
         described = ", ".join(f"{key}={setup.get(key)!r}" for key in SETUP_KEYS)
         raise GateError(
@@ -211,7 +213,7 @@ def check(baseline_path: str, run_rows: list[dict], pair_rows: list[dict],
                 continue
             checked.append(bound)
             for network in networks:
-                per_seed = _matching_values(bound, table[network])
+                per_seed = matching_values(bound, table[network])
                 if not per_seed:
                     violations.append(Violation(bound, {}))
                     continue
@@ -225,7 +227,9 @@ def check(baseline_path: str, run_rows: list[dict], pair_rows: list[dict],
                       tuple(b["name"] for b in baselines))
 
 
-def _setup_matches(expected: dict, measured: dict) -> bool:
+def setup_matches(expected: dict, measured: dict) -> bool:
+    """Whether a baseline's ``setup`` applies to the measured setup (equal values, or the
+    baseline's a prefix at a separator: "CPU" matches "CPU: AMD EPYC")."""
     for key, want in expected.items():
         have = str(measured.get(key, ""))
         want = str(want)

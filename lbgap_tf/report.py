@@ -138,8 +138,11 @@ def _setup(outcome) -> list[str]:
             f"Sharpness: f = mean cross-entropy over {measured['eval_examples']} training "
             f"examples, evaluation batch {measured['eval_batch_size']}, BN mode "
             f"{measured['bn_mode']}, {measured['max_iter']} solver iterations.")
-    settings.append(f"Wall time of this invocation: {outcome.wall_time_s / 60:.1f} min "
-                    f"(finished stages found on disk are not repeated).")
+    stages = ", ".join(f"{stage} {seconds / 60:.1f}"
+                       for stage, seconds in outcome.stage_seconds.items())
+    settings.append(f"Wall time of this invocation: {outcome.wall_time_s / 60:.1f} min"
+                    + (f" (stages, min: {stages})" if stages else "")
+                    + "; finished stages found on disk are not repeated.")
     return [f"- {line}" for line in settings]
 
 

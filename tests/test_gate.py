@@ -85,9 +85,9 @@ def test_baselines_of_other_setups_do_not_apply(tmp_path, rows):
 
 
 def test_setup_prefixes_match_at_separators():
-    assert gate._setup_matches({"tf_version": "2.21", "device_kind": "CPU"}, SETUP)
-    assert not gate._setup_matches({"tf_version": "2.2"}, SETUP)
-    assert not gate._setup_matches({"precision": "mixed_float16"}, SETUP)
+    assert gate.setup_matches({"tf_version": "2.21", "device_kind": "CPU"}, SETUP)
+    assert not gate.setup_matches({"tf_version": "2.2"}, SETUP)
+    assert not gate.setup_matches({"precision": "mixed_float16"}, SETUP)
 
 
 @pytest.mark.parametrize("content, message", [

@@ -1,1 +1,2 @@
-"""Reporting from result rows: figures (PNG) drawn from CSV rows alone, without TensorFlow."""
+"""Reporting from result rows, without TensorFlow: figures (PNG) drawn from CSV rows, and
+result folders read back, matched and compared side by side (setups tables)."""
