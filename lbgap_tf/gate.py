@@ -28,6 +28,13 @@ Metrics, all per trial (one SB/LB pair), in the units of the tables:
 ``over`` is "each" (default: every trial must lie within [min, max]) or "mean" (the mean over
 trials must). A bound on a network that was not run is skipped and listed; a bound whose
 measurement is missing for a network that was run is a violation.
+
+A gate that checked nothing fails, never passes: when no bound names a network of the results,
+when a network has run rows but no SB/LB pair row (e.g. the pairs of other settings), or when
+no baseline of the file matches the setup (``GateError``). A ratio with an operand that is 0
+or not finite (LB and SB sharpness both 0: a solver stuck at y = 0, the false flat minimum) is
+undefined and satisfies no bound; the report names the operand. Repeated rows count once
+(``tables.unique_pairs``, ``tables.unique_measurements``), as in the tables.
 """
 
 from __future__ import annotations
@@ -39,7 +46,7 @@ import math
 import os
 from collections.abc import Iterable
 
-from lbgap_tf.tables import write_text_atomic
+from lbgap_tf.tables import unique_measurements, unique_pairs, write_text_atomic
 
 FORMAT = "lbgap_tf.baseline/1"
 METRICS = ("train_accuracy", "test_accuracy", "test_gap", "distance_ratio", "sharpness",
@@ -90,9 +97,48 @@ class Bound:
         return f"{name} <= {self.max:g}"
 
     def holds(self, value: float) -> bool:
-        if math.isnan(value):
+        """Whether ``value`` lies within the bound; a value that is not finite (an undefined
+        ratio, a diverged run) never does."""
+        if not math.isfinite(value):
             return False
         return (self.min is None or value >= self.min) and (self.max is None or value <= self.max)
+
+
+class UndefinedRatio(float):
+    """A ratio with an operand that is 0 or not finite: NaN, so it satisfies no bound, with
+    ``reason`` naming the operand (e.g. "LB and SB sharpness both 0 ...")."""
+
+    reason: str
+
+    def __new__(cls, reason: str) -> UndefinedRatio:
+        value = super().__new__(cls, math.nan)
+        value.reason = reason
+        return value
+
+
+def ratio(numerator: float, denominator: float, names: tuple[str, str], quantity: str
+          ) -> float:
+    """``numerator / denominator``, or an ``UndefinedRatio`` when an operand is 0 or not
+    finite; ``names`` name the operands (e.g. ("LB", "SB")) and ``quantity`` what they are."""
+    operands = dict(zip(names, (numerator, denominator), strict=True))
+    bad = {name: value for name, value in operands.items()
+           if value == 0 or not math.isfinite(value)}
+    if not bad:
+        return numerator / denominator
+    if len(bad) == 2 and all(value == 0 for value in bad.values()):
+        extra = (": the solver found nothing above f(x), stuck at y = 0 (a false flat minimum)"
+                 if quantity == "sharpness" else "")
+        return UndefinedRatio(f"{names[0]} and {names[1]} {quantity} both 0{extra}")
+    described = ", ".join(f"{name} {quantity} is {value:g}" for name, value in bad.items())
+    good = ", ".join(f"{name} {value:g}" for name, value in operands.items() if name not in bad)
+    return UndefinedRatio(described + (f" ({good})" if good else ""))
+
+
+def describe_value(value: float) -> str:
+    """A per-trial value for a report: 4 significant digits, or why a ratio is undefined."""
+    if isinstance(value, UndefinedRatio):
+        return f"undefined, {value.reason}"
+    return f"{value:.4g}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,33 +147,48 @@ class Violation:
 
     bound: Bound
     measured: dict  # trial seed -> value (an empty dict: nothing measured)
+    why: str = ""  # Why nothing was measured, when known.
 
     def describe(self) -> str:
         if not self.measured:
-            return f"{self.bound.describe()}: not measured"
-        values = ", ".join(f"seed {seed}: {value:.4g}" for seed, value in self.measured.items())
+            return f"{self.bound.describe()}: not measured" + (f" ({self.why})" if self.why
+                                                               else "")
+        values = ", ".join(f"seed {seed}: {describe_value(value)}"
+                           for seed, value in self.measured.items())
         mean = sum(self.measured.values()) / len(self.measured)
-        return (f"{self.bound.describe()}: measured mean {mean:.4g} over "
+        mean_text = f"{mean:.4g}" if math.isfinite(mean) else "undefined"
+        return (f"{self.bound.describe()}: measured mean {mean_text} over "
                 f"{len(self.measured)} trial(s) ({values})")
 
 
 @dataclasses.dataclass(frozen=True)
 class GateReport:
-    """The gate's verdict: checked bounds, violations, and bounds skipped (network not run)."""
+    """The gate's verdict: checked bounds, violations, bounds skipped (network not run) and
+    failures of the gate itself (it checked nothing, or a network's pairs are missing)."""
 
     checked: tuple[Bound, ...]
     violations: tuple[Violation, ...]
     skipped: tuple[Bound, ...]
     baselines: tuple[str, ...]
+    failures: tuple[str, ...] = ()
 
     @property
     def passed(self) -> bool:
-        return not self.violations
+        return bool(self.checked) and not self.violations and not self.failures
+
+    def reason(self, baseline_path: str) -> str:
+        """Why the gate failed, in one line (for the binary's error line)."""
+        parts = [f"{len(self.violations)} bound(s) of {baseline_path} violated"] \
+            if self.violations else []
+        return "; ".join(parts + list(self.failures))
 
     def describe(self) -> str:
+        verdict = "all hold" if self.passed else ", ".join(
+            ([f"{len(self.violations)} violated"] if self.violations else [])
+            + (["FAILED"] if self.failures else []))
         lines = [f"regression gate: {len(self.checked)} bound(s) from "
-                 f"{', '.join(self.baselines)}: "
-                 + ("all hold" if self.passed else f"{len(self.violations)} violated")]
+                 f"{', '.join(self.baselines)}: {verdict}"]
+        lines += [f"  FAILED {failure}" for failure in self.failures]
         lines += [f"  VIOLATED {violation.describe()}" for violation in self.violations]
         lines += [f"  skipped {bound.describe()} (network not in these results)"
                   for bound in self.skipped]
@@ -141,12 +202,14 @@ def measurements(run_rows: Iterable[dict], pair_rows: Iterable[dict],
     """Per-trial metric values: ``{(model, dataset): {metric_key: {seed: value}}}``.
 
     ``metric_key`` is ``(metric, regime, subspace, subspace_dim, solver, epsilon)`` with None
-    where a part does not apply.
+    where a part does not apply. Ratios (``distance_ratio``, ``sharpness_ratio``) with an
+    operand that is 0 or not finite are ``UndefinedRatio``s. Repeated pair and sharpness rows
+    count once (the first of each key), as in ``tables``.
     """
     runs = {row["run_id"]: row for row in run_rows}
     values = collections.defaultdict(lambda: collections.defaultdict(dict))
     regime_of_run = {}
-    for pair in pair_rows:
+    for pair in unique_pairs(pair_rows):
         network, seed = (pair["model"], pair["dataset"]), int(pair["seed"])
         table = values[network]
         for regime in ("SB", "LB"):
@@ -156,9 +219,10 @@ def measurements(run_rows: Iterable[dict], pair_rows: Iterable[dict],
                 accuracy = 100 * float(runs[run_id][f"{split}_accuracy"])
                 table[(f"{split}_accuracy", regime, None, None, None, None)][seed] = accuracy
         table[("test_gap", None, None, None, None, None)][seed] = float(pair["test_gap_pp"])
-        table[("distance_ratio", None, None, None, None, None)][seed] = float(
-            pair["distance_ratio"])
-    for row in sharpness_rows:
+        table[("distance_ratio", None, None, None, None, None)][seed] = ratio(
+            float(pair["sb_distance"]), float(pair["lb_distance"]), ("SB", "LB"),
+            "distance from x0")
+    for row in unique_measurements(sharpness_rows):
         if row["run_id"] not in regime_of_run:
             continue
         network, seed = regime_of_run[row["run_id"]]
@@ -171,7 +235,7 @@ def measurements(run_rows: Iterable[dict], pair_rows: Iterable[dict],
             lb = table.get(("sharpness", "LB", *key[2:]), {})
             sb = table[key]
             table[("sharpness_ratio", None, *key[2:])] = {
-                seed: (lb[seed] / sb[seed] if sb[seed] > 0 else math.inf)
+                seed: ratio(lb[seed], sb[seed], ("LB", "SB"), "sharpness")
                 for seed in sb if seed in lb}
     return values
 
@@ -203,16 +267,24 @@ def check(baseline_path: str, run_rows: list[dict], pair_rows: list[dict],
             f"no baseline in {baseline_path} matches this setup ({described}): add one for it, "
             "e.g. derived from these results with --write_baseline")
     table = measurements(run_rows, pair_rows, sharpness_rows)
+    run_networks = collections.Counter((row["model"], row["dataset"]) for row in run_rows)
+    unpaired = sorted(set(run_networks) - set(table))
+    failures = [f"{model} on {dataset}: {run_networks[(model, dataset)]} run row(s) but no "
+                "SB/LB pair row, so none of its bounds can be checked (were the pairs "
+                "recorded for other settings?)" for model, dataset in unpaired]
     checked, violations, skipped = [], [], []
     for baseline in baselines:
         for bound in baseline["bounds"]:
-            networks = [n for n in table if n[0] == bound.model
+            networks = [n for n in sorted(set(table) | set(run_networks)) if n[0] == bound.model
                         and (bound.dataset is None or n[1] == bound.dataset)]
             if not networks:
                 skipped.append(bound)
                 continue
             checked.append(bound)
             for network in networks:
+                if network not in table:
+                    violations.append(Violation(bound, {}, "no SB/LB pair row"))
+                    continue
                 per_seed = matching_values(bound, table[network])
                 if not per_seed:
                     violations.append(Violation(bound, {}))
@@ -223,8 +295,13 @@ def check(baseline_path: str, run_rows: list[dict], pair_rows: list[dict],
                     ok = all(bound.holds(value) for value in per_seed.values())
                 if not ok:
                     violations.append(Violation(bound, dict(sorted(per_seed.items()))))
+    if not checked:
+        total = sum(len(baseline["bounds"]) for baseline in baselines)
+        results_networks = ", ".join(f"{m} on {d}" for m, d in sorted(run_networks)) or "none"
+        failures.insert(0, f"no bound checked: none of the {total} bound(s) names a network "
+                           f"of these results ({results_networks})")
     return GateReport(tuple(checked), tuple(violations), tuple(skipped),
-                      tuple(b["name"] for b in baselines))
+                      tuple(b["name"] for b in baselines), tuple(failures))
 
 
 def setup_matches(expected: dict, measured: dict) -> bool:
@@ -339,6 +416,14 @@ def derive_baseline(run_rows: list[dict], pair_rows: list[dict], sharpness_rows:
                 metrics.items(), key=lambda item: str(item[0])):
             if not per_seed or metric == "sharpness":
                 continue
+            undefined = {seed: value for seed, value in per_seed.items()
+                         if not math.isfinite(value)}
+            if undefined:
+                seed, value = next(iter(undefined.items()))
+                raise GateError(
+                    f"cannot derive a bound on {model} {metric}"
+                    f"{f' ({subspace}, {solver}, eps {epsilon:g})' if subspace else ''}: seed "
+                    f"{seed} is {describe_value(value)}; fix these results first")
             worst, best = min(per_seed.values()), max(per_seed.values())
             bound = {"model": model, "dataset": dataset, "metric": metric}
             if regime:

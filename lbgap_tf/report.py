@@ -3,10 +3,12 @@
 It shows Tables 2-4 as measured, puts the paper's numbers beside them when the data set is the
 paper's (and says which data set was used when it is not), and states the findings plainly:
 the sign of the SB - LB test gap, whether both regimes fit the training set, and the LB/SB
-sharpness ratio of every trial.
+sharpness ratio of every trial (or why it is undefined: an operand is 0).
 """
 
 from __future__ import annotations
+
+import math
 
 from lbgap_tf import gate, models, paper
 
@@ -78,6 +80,13 @@ def _sharpness_table(table: list[dict], published: dict, paper_dim: int | None =
     return _markdown(header, rows)
 
 
+def _ratio_cell(value: float) -> str:
+    """A trial's ratio: 3 significant digits, or why it is undefined (an operand is 0)."""
+    if isinstance(value, gate.UndefinedRatio):
+        return f"undefined: {value.reason}"
+    return f"{value:.3g}"
+
+
 def _findings(outcome) -> list[str]:
     lines = []
     per_trial = gate.measurements(outcome.run_rows, outcome.pair_rows, outcome.sharpness_rows)
@@ -107,9 +116,11 @@ def _findings(outcome) -> list[str]:
             if metric != "sharpness_ratio" or not values:
                 continue
             space = "full space" if subspace == "full" else f"random subspace p={dim}"
-            trials = ", ".join(f"{value:.3g}" for _, value in sorted(values.items()))
+            trials = ", ".join(_ratio_cell(value) for _, value in sorted(values.items()))
+            defined = [value for value in values.values() if math.isfinite(value)]
+            smallest = f"smallest {min(defined):.3g}x" if defined else "no trial defined"
             lines.append(f"  LB/SB sharpness, {space}, {solver}, ε={eps:g}: per trial "
-                         f"[{trials}], smallest {min(values.values()):.3g}x.")
+                         f"[{trials}], {smallest}.")
         low, high = paper.DISTANCE_RATIO_RANGE
         lines.append(f"  ‖x_SB−x0‖ / ‖x_LB−x0‖ = {row['distance_ratio']} "
                      f"(paper: {low:g} – {high:g}).")

@@ -6,6 +6,12 @@ of a trial) and ``sharpness.csv`` (one per sharpness measurement) as read by
 (``results.mean_std``) in separate numeric columns, plus a formatted "mean ± std" column, so a
 table loads in pandas without parsing.
 
+A row recorded twice (two processes that measured the same thing, a CSV joined from copies)
+counts once: pairs are unique by ``PAIR_KEY``, sharpness rows by their measurement key
+(``sharpness_rows.row_key``), the first row of a key being kept. The regression gate
+(``lbgap_tf.gate``) reads rows through the same functions, so tables and gate see the same
+trials.
+
 Table 2 rows are networks (with their data set); its columns are train/test accuracy in percent
 for SB and LB, the SB - LB test-accuracy gap and the distance ratio
 ||x_SB - x0|| / ||x_LB - x0||. Tables 3 (full space) and 4 (random subspace) have one row per
@@ -20,11 +26,34 @@ import io
 import math
 import os
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
 
-from lbgap_tf import results
+from lbgap_tf import results, sharpness_rows
 
 REGIMES = ("SB", "LB")
+# What identifies a pair row (pairs.csv): the experiment's settings and its two runs.
+PAIR_KEY = ("gap_id", "sb_run_id", "lb_run_id")
+
+
+def unique_rows(rows: Iterable[dict], key: Callable[[dict], Hashable]) -> list[dict]:
+    """``rows`` without repeats: the first row of each ``key(row)``, in their order."""
+    seen, unique = set(), []
+    for row in rows:
+        identity = key(row)
+        if identity not in seen:
+            seen.add(identity)
+            unique.append(row)
+    return unique
+
+
+def unique_pairs(pair_rows: Iterable[dict]) -> list[dict]:
+    """The pair rows, one per ``PAIR_KEY``."""
+    return unique_rows(pair_rows, lambda row: tuple(row[column] for column in PAIR_KEY))
+
+
+def unique_measurements(rows: Iterable[dict]) -> list[dict]:
+    """The sharpness rows, one per measurement key (``sharpness_rows.row_key``)."""
+    return unique_rows(rows, sharpness_rows.row_key)
 
 
 def _digits(mean: float) -> int:
@@ -59,7 +88,7 @@ def table2(run_rows: Iterable[dict], pair_rows: Iterable[dict]) -> list[dict]:
     """
     runs = {row["run_id"]: row for row in run_rows}
     pairs = collections.defaultdict(list)
-    for pair in pair_rows:
+    for pair in unique_pairs(pair_rows):
         pairs[_network_key(pair)].append(pair)
     table = []
     for (model, dataset), trials in sorted(pairs.items()):
@@ -84,7 +113,7 @@ def sharpness_table(sharpness_rows: Iterable[dict], *, subspace: str) -> list[di
     and ``eps{eps:g}_ratio``: LB/SB, the ratio of trial means (blank when SB's mean is 0).
     """
     groups = collections.defaultdict(lambda: collections.defaultdict(list))
-    for row in sharpness_rows:
+    for row in unique_measurements(sharpness_rows):
         if row["subspace"] != subspace:
             continue
         key = (row["model"], row["dataset"], row["solver"], row["subspace_dim"])

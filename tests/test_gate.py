@@ -2,12 +2,14 @@
 messages naming metric, bound and measurement; malformed baselines are clear errors."""
 
 import json
+import os
 
 import pytest
 
 from lbgap_tf import gate
 from tests.gap_rows import make_rows
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SETUP = {"device_kind": "CPU: Test CPU", "precision": "float32", "tf_version": "2.21.0"}
 
 
@@ -132,3 +134,123 @@ def test_derived_baseline_holds_and_a_tightened_one_fails(tmp_path, rows):
         assert len(json.load(handle)["baselines"]) == 1
     report = gate.check(path, *rows, SETUP)
     assert [v.bound.metric for v in report.violations] == ["sharpness_ratio"]
+
+
+def test_a_gate_that_checked_no_bound_fails(tmp_path, rows):
+    path = _write(tmp_path, [{"model": "C1", "metric": "test_gap", "min": 0}])
+    report = gate.check(path, *rows, SETUP)
+    assert not report.passed and not report.violations and len(report.skipped) == 1
+    assert report.failures == (
+        "no bound checked: none of the 1 bound(s) names a network of these results "
+        "(F1 on fashion_mnist)",)
+    text = report.describe()
+    assert text.splitlines()[0] == "regression gate: 0 bound(s) from test: FAILED"
+    assert "  FAILED no bound checked" in text
+    assert report.reason("b.json").startswith("no bound checked")
+
+
+def test_a_network_with_runs_but_no_pairs_fails(tmp_path, rows):
+    runs, _, sharp = rows
+    path = _write(tmp_path, [{"model": "F1", "metric": "test_gap", "min": -100}])
+    report = gate.check(path, runs, [], sharp, SETUP)
+    assert not report.passed
+    assert report.failures[0].startswith(
+        "F1 on fashion_mnist: 4 run row(s) but no SB/LB pair row")
+    assert [v.describe() for v in report.violations] == [
+        "F1 test_gap >= -100: not measured (no SB/LB pair row)"]
+    assert report.reason("b.json").startswith(
+        "1 bound(s) of b.json violated; F1 on fashion_mnist: 4 run row(s) but no SB/LB pair")
+
+
+def test_a_ratio_with_a_zero_operand_satisfies_no_bound_and_names_it(tmp_path):
+    # Trial 0: both 0 (a solver stuck at y = 0); trial 1: SB 0; trial 2: LB 0.
+    rows = make_rows(sb_test=[0.9] * 3, lb_test=[0.9] * 3, sb_sharp=[0.0, 0.0, 2.0],
+                     lb_sharp=[0.0, 5.0, 0.0], distance_ratio=[4.0, 4.0, 0.0])
+    runs, pairs, sharp = rows
+    pairs[2]["lb_distance"], pairs[2]["sb_distance"] = "0.0", "3.0"  # LB never moved.
+    pairs[2]["distance_ratio"] = "inf"
+    for over in ("each", "mean"):
+        path = _write(tmp_path, [dict(RATIO, min=0, over=over),
+                                 {"model": "F1", "metric": "distance_ratio", "min": 0,
+                                  "over": over}])
+        report = gate.check(path, runs, pairs, sharp, SETUP)
+        assert len(report.violations) == 2, report.describe()
+        text = report.describe()
+        assert ("seed 0: undefined, LB and SB sharpness both 0: the solver found nothing "
+                "above f(x), stuck at y = 0") in text
+        assert "seed 1: undefined, SB sharpness is 0 (LB 5)" in text
+        assert "seed 2: undefined, LB sharpness is 0 (SB 2)" in text
+        assert "seed 2: undefined, LB distance from x0 is 0 (SB 3)" in text
+        assert "measured mean undefined over 3 trial(s)" in text
+    table = gate.measurements(*rows)[("F1", "fashion_mnist")]
+    assert table[("distance_ratio", None, None, None, None, None)][0] == 4.0
+    with pytest.raises(gate.GateError, match="seed 2 is undefined, LB distance from x0 is 0"):
+        gate.derive_baseline(*rows, SETUP, name="broken")
+
+
+def test_infinite_values_satisfy_no_bound():
+    bound = gate.Bound(model="F1", metric="test_gap", min=0)
+    assert bound.holds(1.0)
+    assert not bound.holds(float("inf")) and not bound.holds(float("nan"))
+
+
+def test_repeated_rows_count_once_as_in_the_tables(tmp_path, rows):
+    from lbgap_tf import tables
+
+    runs, pairs, sharp = rows
+    # A second process recorded every pair and measurement again, with other numbers.
+    again_pairs = [dict(pair, test_gap_pp="50.0") for pair in pairs]
+    again_sharp = [dict(row, sharpness="1e6") for row in sharp]
+    doubled = (runs + runs, pairs + again_pairs, sharp + again_sharp)
+    assert gate.measurements(*doubled) == gate.measurements(*rows)
+    assert tables.table2(*doubled[:2]) == tables.table2(runs, pairs)
+    assert tables.sharpness_table(doubled[2], subspace="full") == tables.sharpness_table(
+        sharp, subspace="full")
+    [row] = tables.sharpness_table(doubled[2], subspace="full")
+    per_seed = gate.measurements(*doubled)[("F1", "fashion_mnist")][
+        ("sharpness", "LB", "full", None, "lbfgsb", 1e-3)]
+    assert row["trials"] == len(per_seed) == 2
+    assert row["eps0.001_LB_mean"] == pytest.approx(sum(per_seed.values()) / 2) == 115.0
+
+
+# The flagfile whose results each shipped baseline gates (benchmarks.tf_benchmarks.CASES).
+SHIPPED = {"cpu_F1_fmnist.json": "gap_F1_fmnist.flags", "smoke_synthetic.json": "gap_smoke.flags"}
+
+
+def _flagfile(name):
+    values = {}
+    with open(os.path.join(REPO, "flags", "cpu", name), encoding="utf-8") as handle:
+        for line in handle:
+            if line.startswith("--"):
+                key, value = line.strip()[2:].split("=", 1)
+                values[key] = value.split(",")
+    return values
+
+
+@pytest.mark.parametrize("name", sorted(SHIPPED))
+def test_shipped_baselines_load_and_bound_only_what_their_preset_measures(name):
+    assert sorted(os.listdir(os.path.join(REPO, "baselines"))) == sorted(SHIPPED)
+    preset = _flagfile(SHIPPED[name])
+    baselines = gate.load_baselines(os.path.join(REPO, "baselines", name))
+    epsilons = {float(eps) for eps in preset["epsilons"]}
+    dims = {int(dim) for dim in preset["subspace_dims"] if dim != "full"}
+    metrics = set()
+    for baseline in baselines:
+        setup = baseline["setup"]
+        assert set(setup) <= set(gate.SETUP_KEYS) and setup["device_kind"].startswith("CPU")
+        assert gate.setup_matches(setup, {
+            "device_kind": setup["device_kind"] + ": some model", "precision": "float32",
+            "tf_version": setup.get("tf_version", "2.21") + ".0"})
+        for bound in baseline["bounds"]:
+            metrics.add(bound.metric)
+            assert bound.model in preset["models"] and bound.dataset in preset["dataset"]
+            if bound.metric in ("sharpness", "sharpness_ratio"):
+                assert bound.solver in preset["solvers"] and bound.epsilon in epsilons, bound
+                if bound.subspace == "full":
+                    assert "full" in preset["subspace_dims"] and bound.subspace_dim is None
+                else:
+                    assert bound.subspace_dim in dims, bound
+            if bound.metric.endswith("accuracy"):
+                assert 0 <= bound.min <= 100 and (bound.max is None or bound.max <= 100)
+    # The file gates accuracy, the gap or distance ratio, and the sharpness ratio.
+    assert metrics >= {"train_accuracy", "distance_ratio", "sharpness_ratio"}

@@ -1,6 +1,7 @@
 """Tables 2-4 from hand-made rows: mean ± std checked against NumPy."""
 
 import csv
+import math
 
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ from tests.gap_rows import make_rows
 def rows():
     return make_rows(sb_test=[0.90, 0.92, 0.91], lb_test=[0.89, 0.90, 0.86],
                      sb_sharp=[2.0, 4.0, 3.0], lb_sharp=[300.0, 500.0, 400.0],
-                     sb_train=[0.990, 0.995, 1.0])
+                     sb_train=[0.990, 0.995, 1.0], distance_ratio=[3.0, 5.0, 7.0])
 
 
 def test_table2_mean_and_sample_std(rows):
@@ -25,10 +26,12 @@ def test_table2_mean_and_sample_std(rows):
     assert row["test_SB_std"] == pytest.approx(sb_test.std(ddof=1))
     assert row["test_SB"] == "91.00 ± 1.00"
     assert row["train_SB_mean"] == pytest.approx(np.mean([99.0, 99.5, 100.0]))
-    gaps = np.array([1.0, 2.0, 5.0])
-    assert row["test_gap_mean"] == pytest.approx(gaps.mean())
-    assert row["test_gap_std"] == pytest.approx(gaps.std(ddof=1))
-    assert row["distance_ratio"] == "4.00 ± 0.00"
+    # Gaps 1, 2, 5 pp: mean 8/3, sample variance (ddof=1) (25 + 4 + 49) / 9 / 2 = 13/3.
+    assert row["test_gap_mean"] == pytest.approx(8 / 3)
+    assert row["test_gap_std"] == pytest.approx(math.sqrt(13 / 3))
+    # Ratios 3, 5, 7: mean 5, sample std (ddof=1) exactly 2 (ddof=0 would give 1.63).
+    assert (row["distance_ratio_mean"], row["distance_ratio_std"]) == (5.0, 2.0)
+    assert row["distance_ratio"] == "5.00 ± 2.00"
 
 
 def test_sharpness_table_ratio_and_formatting(rows):
