@@ -1,14 +1,38 @@
-"""Session-wide test setup: two logical CPU devices, so multi-replica behaviour is tested.
+"""Session-wide test setup: the suite runs on the CPU, split into two logical devices.
 
-The CPU must be split before TensorFlow initialises its devices, which is why this happens at
-import time of the conftest, before any test module runs a TensorFlow op.
+Devices are chosen explicitly so that the same suite passes on a CPU machine and on a GPU host
+(`LBGAP_EXTRAS=gpu,test scripts/run_tests.sh`):
+
+- GPUs are hidden from TensorFlow (``CUDA_VISIBLE_DEVICES=-1``, set here before TensorFlow is
+  imported, so it holds for this process and every binary a test starts). The suite's
+  assertions compare against NumPy float64 references and between one CPU and two CPU
+  replicas at tolerances down to rel=1e-6; on a GPU the same ops run with other kernels and
+  reduction orders, and recent NVIDIA GPUs run float32 matmuls and convolutions in TF32 by
+  default (10-bit mantissa, relative errors near 1e-3). With GPUs visible, ``--strategy=
+  mirrored`` would also replicate over the GPUs and refuse ``--cpu_devices=2`` ("drop
+  cpu_devices"). ``HOST_CUDA_VISIBLE_DEVICES`` keeps the host's own setting, for
+  ``tests/test_gpu.py``, which runs the binaries on the host's GPUs (TF32 off) and checks
+  them against the CPU.
+- The CPU is split into ``TEST_CPU_DEVICES`` logical devices, so multi-replica behaviour is
+  tested. That must happen before TensorFlow initialises its devices, which is why it happens
+  at import time of the conftest, before any test module runs a TensorFlow op.
 """
 
 import os
 
+UNSET = object()
+HOST_CUDA_VISIBLE_DEVICES = os.environ.get("CUDA_VISIBLE_DEVICES", UNSET)
+os.environ["CUDA_VISIBLE_DEVICES"] = "-1"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import tensorflow as tf  # noqa: E402
+
 from lbgap_tf import distribute  # noqa: E402
+
+if tf.config.list_physical_devices("GPU"):
+    raise RuntimeError("TensorFlow sees GPUs although tests/conftest.py hid them: something "
+                       "imported TensorFlow before the conftest; run the suite with "
+                       "CUDA_VISIBLE_DEVICES=-1")
 
 TEST_CPU_DEVICES = 2
 distribute.split_cpu(TEST_CPU_DEVICES)
