@@ -2,13 +2,21 @@
 
 A results CSV (``runs.csv``, ``sharpness.csv``, ...) is append-only. ``append_row`` makes
 every append safe when several processes write the same file at once (parallel trials,
-several workers of a sweep): it takes an exclusive ``fcntl`` lock, writes the whole encoded
-row (and the header, when it creates the file) with a single ``os.write`` and ``fsync``s
-before unlocking, so rows never interleave and a crashed writer leaves no partial row. A
-row's columns must equal the file's header, so one file never mixes two record layouts.
+several workers of a sweep, two binaries on one output folder): it takes an exclusive
+``fcntl`` lock, writes the whole encoded row (and the header, when it creates the file) with a
+single ``os.write`` and ``fsync``s before unlocking, so rows never interleave. Given a ``key``,
+it re-reads the rows under that lock and appends nothing when a row of the same key is there:
+two processes that measured the same thing record it once. A row's columns must equal the
+file's header, so one file never mixes two record layouts.
 
-``read_rows`` returns the rows as dicts of strings (``pandas.read_csv`` reads the same files
-with types). ``provenance`` collects what a row needs to be trusted later: TensorFlow and
+A writer killed in the middle of its ``os.write`` (the kernel may stop a write at a page
+boundary on SIGKILL; a full disk stops it anywhere) leaves a fragment of a row after the last
+complete one. No reader counts it: a record is complete when its last line ends with a newline
+outside quotes. The next ``append_row`` cuts the fragment off before appending, and a writer
+that sees its own write fall short truncates it away before raising.
+
+``read_rows`` returns the complete rows as dicts of strings (``pandas.read_csv`` reads the same
+files with types). ``provenance`` collects what a row needs to be trusted later: TensorFlow and
 Keras versions, the git revision of the code, the host and (given a strategy) the device.
 """
 
@@ -26,7 +34,7 @@ import socket
 import subprocess
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 
 _REPO_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -43,34 +51,84 @@ def _encode(values: Sequence[object]) -> str:
     return buffer.getvalue()
 
 
-def _read_header(fd: int) -> list[str] | None:
-    """The header of the open CSV file ``fd`` (None when the file is empty)."""
-    chunks = []
-    offset = 0
+def _read_all(fd: int) -> bytes:
+    """The whole content of the open file ``fd``."""
+    chunks, offset = [], 0
     while True:
-        chunk = os.pread(fd, 65536, offset)
+        chunk = os.pread(fd, 1 << 20, offset)
         if not chunk:
-            break
+            return b"".join(chunks)
         chunks.append(chunk)
         offset += len(chunk)
-        if b"\n" in chunk:
-            break
-    if not chunks:
-        return None
-    first_line = b"".join(chunks).split(b"\n", 1)[0].decode("utf-8")
-    return next(csv.reader([first_line]))
 
 
-def append_row(path: str | os.PathLike, row: Mapping[str, object]) -> None:
+def _complete_records(data: bytes) -> tuple[list[list[str]], int]:
+    """The complete CSV records of ``data`` (blank lines dropped) and the number of bytes they
+    span. A record is complete when its last line ends with a newline and its quotes are
+    closed; what follows the last complete record is the fragment of an interrupted write."""
+    lines, start = [], 0
+    while start < len(data):
+        end = data.find(b"\n", start)
+        end = len(data) if end < 0 else end + 1
+        lines.append(data[start:end])
+        start = end
+    consumed = 0
+
+    def feed():
+        nonlocal consumed
+        for line in lines:
+            consumed += len(line)
+            yield line.decode("utf-8", errors="replace")
+
+    records, complete = [], 0
+    try:
+        for record in csv.reader(feed(), strict=True):
+            if data[consumed - 1:consumed] != b"\n":
+                break
+            complete = consumed
+            if record:
+                records.append(record)
+    except csv.Error:  # An unclosed quote at the end: a fragment.
+        pass
+    return records, complete
+
+
+def _checked_write(fd: int, path: str, data: bytes, keep: int) -> None:
+    """Writes ``data`` in one ``os.write``; on a short or failed write, truncates the file
+    back to ``keep`` bytes (no fragment stays) and raises ``ResultsError``."""
+    try:
+        written = os.write(fd, data)
+    except OSError as error:
+        os.ftruncate(fd, keep)
+        raise ResultsError(f"cannot write to {path}: {error.strerror}; check free disk space "
+                           "and permissions") from error
+    if written != len(data):
+        os.ftruncate(fd, keep)
+        raise ResultsError(
+            f"short write to {path} ({written} of {len(data)} bytes, undone): check free disk "
+            "space")
+
+
+def append_row(path: str | os.PathLike, row: Mapping[str, object], *,
+               key: Callable[[dict[str, str]], Hashable] | None = None) -> bool:
     """Appends ``row`` to the CSV file ``path``, creating it (with a header) if needed.
 
-    Safe under concurrent writers from several processes: the header check and the append
-    happen under an exclusive ``fcntl.flock``, the encoded bytes go out in one ``os.write``
-    and are ``fsync``ed before the lock is released. Values are written with ``str()``;
-    ``None`` becomes an empty field. The row's column order is the file's header order.
+    Safe under concurrent writers from several processes: the header check, the ``key``
+    check and the append happen under an exclusive ``fcntl.flock``, the encoded bytes go out
+    in one ``os.write`` and are ``fsync``ed before the lock is released. Values are written
+    with ``str()``; ``None`` becomes an empty field. The row's column order is the file's
+    header order. A fragment left by a writer that died mid-write is cut off first.
+
+    Args:
+      key: when given, a function of a row as ``read_rows`` returns it (a dict of strings);
+        the row is not appended when a row of the file has the same key.
+
+    Returns:
+      Whether the row was appended (False: a row of the same ``key`` was there already).
 
     Raises:
-      ResultsError: the row is empty, or its columns differ from the existing header.
+      ResultsError: the row is empty, its columns differ from the existing header, or the
+        write failed (the file is left as it was).
     """
     if not row:
         raise ResultsError("cannot append an empty row: give at least one column")
@@ -81,46 +139,58 @@ def append_row(path: str | os.PathLike, row: Mapping[str, object]) -> None:
     fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
-        header = _read_header(fd)
-        if header is None:
+        data = _read_all(fd)
+        records, complete = _complete_records(data)
+        if complete < len(data):
+            os.ftruncate(fd, complete)  # The fragment of a writer that died mid-write.
+        if not records:
             header = list(row)
-            payload = _encode(header) + _encode([row[key] for key in header])
+            payload = _encode(header) + _encode([row[column] for column in header])
         else:
+            header = records[0]
             if set(header) != set(row) or len(header) != len(row):
-                missing = [key for key in header if key not in row]
-                extra = [key for key in row if key not in header]
+                missing = [column for column in header if column not in row]
+                extra = [column for column in row if column not in header]
                 raise ResultsError(
                     f"row columns do not match the header of {path}: missing {missing}, "
                     f"unexpected {extra}; write this kind of record to a new file (another "
                     "--output_dir) or move the old file away"
                 )
-            payload = _encode([row[key] for key in header])
-        data = payload.encode("utf-8")
-        written = os.write(fd, data)
-        if written != len(data):
-            raise ResultsError(
-                f"short write to {path} ({written} of {len(data)} bytes): check free disk space"
-            )
+            payload = _encode([row[column] for column in header])
+            if key is not None:
+                [written_back] = _complete_records(payload.encode("utf-8"))[0]
+                wanted = key(dict(zip(header, written_back, strict=True)))
+                if any(key(dict(zip(header, record, strict=False))) == wanted
+                       for record in records[1:]):
+                    return False
+        _checked_write(fd, path, payload.encode("utf-8"), complete)
         os.fsync(fd)
+        return True
     finally:
         os.close(fd)  # Closing releases the lock.
 
 
 def read_rows(path: str | os.PathLike) -> list[dict[str, str]]:
-    """All rows of the CSV file ``path`` as dicts of strings; [] if the file does not exist.
-
-    Reads under a shared lock, so a concurrent ``append_row`` is seen whole or not at all.
+    """All complete rows of the CSV file ``path`` as dicts of strings; [] if the file does not
+    exist. Reads under a shared lock, so a concurrent ``append_row`` is seen whole or not at
+    all; the fragment of a writer that died mid-write is not a row.
     """
     path = os.fspath(path)
     try:
-        handle = open(path, newline="", encoding="utf-8")  # noqa: SIM115 (locked below)
+        fd = os.open(path, os.O_RDONLY)
     except FileNotFoundError:
         return []
     except OSError as error:
         raise ResultsError(f"cannot read results file {path}: {error.strerror}") from error
-    with handle:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_SH)
-        return list(csv.DictReader(handle))
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        records, _ = _complete_records(_read_all(fd))
+    finally:
+        os.close(fd)
+    if not records:
+        return []
+    header = records[0]
+    return [dict(zip(header, record, strict=False)) for record in records[1:]]
 
 
 def git_revision(repo_dir: str = _REPO_DIR) -> str:

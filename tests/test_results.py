@@ -1,9 +1,11 @@
 """Run records: atomic concurrent CSV appends, header checks, provenance and run ids."""
 
+import fcntl
 import os
 import subprocess
 import sys
 import textwrap
+import time
 
 import numpy as np
 import pytest
@@ -72,6 +74,108 @@ def test_concurrent_appends_from_several_processes_keep_every_row_intact(tmp_pat
         indices = [int(row["index"]) for row in rows if row["writer"] == writer]
         assert indices == list(range(count))  # Each writer's rows in its own order.
     assert path.read_text().count("writer,index,payload") == 1
+
+
+# Appends the row of key "k" (a measurement another process may record first), then "m".
+_KEYED_WRITER = textwrap.dedent(
+    """
+    import sys
+    from lbgap_tf import results
+    path = sys.argv[1]
+    print("appending", flush=True)
+    for key in ("k", "m"):
+        appended = results.append_row(path, {"key": key, "value": "writer"},
+                                       key=lambda row: row["key"])
+        print(key, appended, flush=True)
+    """
+)
+
+
+def _waits_for_lock(pid: int, path) -> bool:
+    """Whether process ``pid`` is queued for a flock on ``path`` (a "->" line of
+    /proc/locks: the kernel's list of blocked lock requests)."""
+    inode = os.stat(path).st_ino
+    with open("/proc/locks", encoding="ascii") as handle:
+        for line in handle:
+            fields = line.split()
+            if "->" in fields and str(pid) in fields \
+                    and fields[-3].rsplit(":", 1)[-1] == str(inode):
+                return True
+    return False
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/locks"), reason="needs Linux /proc/locks")
+def test_a_writer_waits_for_the_lock_and_rechecks_the_rows_under_it(tmp_path):
+    path = tmp_path / "sharpness.csv"
+    results.append_row(path, {"key": "a", "value": "earlier"})
+    before = path.read_bytes()
+    fd = os.open(path, os.O_RDWR | os.O_APPEND)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # This test holds the writers' lock ...
+        writer = subprocess.Popen([sys.executable, "-c", _KEYED_WRITER, str(path)],
+                                  stdout=subprocess.PIPE, text=True)
+        assert writer.stdout.readline() == "appending\n"
+        deadline = time.monotonic() + 120
+        while not _waits_for_lock(writer.pid, path):  # ... and the writer queues for it.
+            assert writer.poll() is None, "the writer appended without taking the lock"
+            assert time.monotonic() < deadline, "the writer never asked for the lock"
+            time.sleep(0.02)
+        assert path.read_bytes() == before
+        # Meanwhile another process records the measurement of key "k" (under the lock).
+        os.write(fd, b"k,other process\n")
+    finally:
+        os.close(fd)  # Releases the lock.
+    output, _ = writer.communicate(timeout=120)
+    assert writer.returncode == 0
+    assert output.splitlines() == ["k False", "m True"]  # "k" re-checked, not repeated.
+    assert results.read_rows(path) == [{"key": "a", "value": "earlier"},
+                                       {"key": "k", "value": "other process"},
+                                       {"key": "m", "value": "writer"}]
+
+
+COMPLETE = b'run_id,note,loss\na,plain,0.5\n'
+# A row with a quoted newline, doubled quotes and a two-byte character: a writer killed
+# mid-write leaves any prefix of it.
+ROW = 'b,"line one\nline \u00e9 ""two""",1.5\n'.encode()
+
+
+def test_a_write_cut_short_at_any_byte_leaves_no_partial_row(tmp_path):
+    path = tmp_path / "runs.csv"
+    for cut in range(1, len(ROW)):
+        path.write_bytes(COMPLETE + ROW[:cut])
+        assert results.read_rows(path) == [{"run_id": "a", "note": "plain", "loss": "0.5"}], cut
+        assert results.append_row(path, {"run_id": "c", "note": "n", "loss": 2})
+        assert path.read_bytes() == COMPLETE + b"c,n,2\n", cut
+    path.write_bytes(COMPLETE + ROW)
+    assert results.read_rows(path)[1] == {"run_id": "b", "note": 'line one\nline é "two"',
+                                          "loss": "1.5"}
+
+
+_LIMITED_WRITER = textwrap.dedent(
+    """
+    import resource, sys
+    from lbgap_tf import results
+    path, limit = sys.argv[1], int(sys.argv[2])
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    try:
+        results.append_row(path, {"run_id": "big", "note": "x" * 20000, "loss": 1})
+    except results.ResultsError as error:
+        print(error)
+    """
+)
+
+
+def test_a_write_that_falls_short_is_undone(tmp_path):
+    # A file size limit 100 bytes above the file makes the kernel write only part of the
+    # 20 kB row, as a full disk would.
+    path = tmp_path / "runs.csv"
+    path.write_bytes(COMPLETE)
+    done = subprocess.run([sys.executable, "-c", _LIMITED_WRITER, str(path),
+                           str(len(COMPLETE) + 100)], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"short write to {path} (100 of 20007 bytes, undone)")
+    assert path.read_bytes() == COMPLETE
 
 
 def test_run_ids_are_deterministic_from_the_key_and_unique_without_one():
