@@ -162,6 +162,46 @@ def define_optimization_flags() -> None:
     _validate("momentum", lambda v: 0 <= v < 1, "--momentum must be in [0, 1)")
     _validate("eval_batch_size", lambda v: v >= 1, "--eval_batch_size must be positive")
     _validate("steps_per_call", lambda v: v >= 1, "--steps_per_call must be positive")
+    define_remedy_flags()
+
+
+def define_remedy_flags() -> None:
+    """The data and schedule remedies (``lbgap_tf.train.schedules``), all off by default."""
+    flags.DEFINE_bool("augment", False,
+                      "Augment training batches (image networks only): horizontal flips, "
+                      "rotations up to 10 degrees, translations up to 0.2 of the image size.")
+    flags.DEFINE_enum("lr_scaling", "none", train.LR_SCALINGS,
+                      "Scale --learning_rate by the GLOBAL batch over --reference_batch: none, "
+                      "linear (Goyal et al.) or sqrt (Hoffer et al.).")
+    flags.DEFINE_integer("reference_batch", train.SB_BATCH_SIZE,
+                         "The batch --learning_rate belongs to (the SB batch), for "
+                         "--lr_scaling and --regime_adaptation.")
+    flags.DEFINE_integer("warmup_epochs", 0,
+                         "Ramp the rate linearly from --learning_rate to the scaled rate over "
+                         "this many epochs (needs --lr_scaling).")
+    flags.DEFINE_integer("ghost_batch", None,
+                         "Ghost batch normalization: BN statistics per chunk of this many "
+                         "examples of each replica's batch (must divide it).")
+    flags.DEFINE_bool("regime_adaptation", False,
+                      "Train as many updates as --epochs epochs of --reference_batch would "
+                      "make (Hoffer et al.'s regime adaptation).")
+    flags.DEFINE_list("batch_schedule", [],
+                      "Batch growth: EPOCH:BATCH entries, e.g. 5:1024,10:6000 (GLOBAL batch "
+                      "from that epoch on; growing, at most the training set).")
+    _validate("reference_batch", lambda v: v >= 1, "--reference_batch must be positive")
+    _validate("warmup_epochs", lambda v: v >= 0, "--warmup_epochs must be >= 0")
+    _validate("ghost_batch", lambda v: v >= 1, "--ghost_batch must be positive")
+    _validate("batch_schedule", lambda v: all(_schedule_entry(text) for text in v),
+              "--batch_schedule takes EPOCH:BATCH entries with positive integers, e.g. "
+              "--batch_schedule=5:1024,10:6000")
+
+
+def _schedule_entry(text: str) -> tuple[int, int] | None:
+    """(epoch, batch) of an EPOCH:BATCH entry, None when malformed."""
+    parts = text.split(":")
+    if len(parts) != 2 or not all(part.isdigit() and int(part) > 0 for part in parts):
+        return None
+    return int(parts[0]), int(parts[1])
 
 
 def define_distribution_flags() -> None:
@@ -242,7 +282,10 @@ def optimization_settings() -> dict:
         bn_mode=FLAGS.bn_mode, bn_sync=FLAGS.bn_sync, precision=FLAGS.precision,
         jit_compile=FLAGS.jit_compile, seed=FLAGS.seed, deterministic=FLAGS.deterministic,
         eval_every_epoch=FLAGS.eval_every_epoch, eval_batch_size=FLAGS.eval_batch_size,
-        steps_per_call=FLAGS.steps_per_call)
+        steps_per_call=FLAGS.steps_per_call, augment=FLAGS.augment, lr_scaling=FLAGS.lr_scaling,
+        reference_batch=FLAGS.reference_batch, warmup_epochs=FLAGS.warmup_epochs,
+        ghost_batch=FLAGS.ghost_batch, regime_adaptation=FLAGS.regime_adaptation,
+        batch_schedule=tuple(_schedule_entry(text) for text in FLAGS.batch_schedule))
 
 
 def train_config(**overrides) -> train.TrainConfig:

@@ -110,20 +110,93 @@ class BatchStatisticsNormalization(layers.BatchNormalization):
         return ops.cast(outputs, self.compute_dtype)
 
 
+@keras.saving.register_keras_serializable(package="lbgap_tf")
+class GhostBatchNormalization(layers.BatchNormalization):
+    """BatchNormalization whose training statistics are those of each GHOST batch.
+
+    Ghost batch normalization (Hoffer et al. 2017): in training, the batch (on each replica,
+    its own slice; never synchronised across replicas) is cut into consecutive chunks of
+    ``ghost_batch`` examples, and every chunk is normalised with its own mean and (biased)
+    variance, as if it had been a small batch of its own. The moving statistics move toward
+    the average of the chunks' means and variances (the momentum update of Keras BN, once per
+    step). At inference it is standard Keras BN (moving statistics). Same weights as
+    ``BatchNormalization``, so x0 files and checkpoints are interchangeable with plain BN.
+    A ghost batch of the whole (per-replica) batch is plain, unsynchronised BN.
+    """
+
+    def __init__(self, ghost_batch: int, **kwargs):
+        kwargs["synchronized"] = False
+        super().__init__(**kwargs)
+        self.ghost_batch = int(ghost_batch)
+
+    def get_config(self):
+        config = super().get_config()
+        config["ghost_batch"] = self.ghost_batch
+        config.pop("synchronized", None)
+        return config
+
+    def call(self, inputs, training=None, mask=None):
+        if not (training and self.trainable) or mask is not None:
+            return super().call(inputs, training=training, mask=mask)
+        inputs = ops.cast(inputs, keras.backend.result_type(inputs.dtype, "float32"))
+        rank = len(inputs.shape)
+        axis = self.axis % rank
+        # [batch, ...] -> [ghosts, ghost_batch, ...]; moments per ghost over its examples and
+        # every axis but the channel axis (shifted by one by the new leading axis).
+        ghosts = ops.reshape(inputs, (-1, self.ghost_batch, *inputs.shape[1:]))
+        axes = [1] + [a + 1 for a in range(1, rank) if a != axis]
+        mean = ops.mean(ghosts, axis=axes, keepdims=True)
+        variance = ops.mean(ops.square(ghosts - mean), axis=axes, keepdims=True)
+        outputs = (ghosts - mean) * ops.rsqrt(variance + self.epsilon)
+        if self.scale:
+            outputs = outputs * ops.cast(self.gamma, inputs.dtype)
+        if self.center:
+            outputs = outputs + ops.cast(self.beta, inputs.dtype)
+        outputs = ops.reshape(outputs, ops.shape(inputs))
+        step_mean = ops.reshape(ops.mean(mean, axis=0), (-1,))
+        step_variance = ops.reshape(ops.mean(variance, axis=0), (-1,))
+        self.moving_mean.assign(
+            ops.cast(self.moving_mean, inputs.dtype) * self.momentum
+            + step_mean * (1.0 - self.momentum))
+        self.moving_variance.assign(
+            ops.cast(self.moving_variance, inputs.dtype) * self.momentum
+            + step_variance * (1.0 - self.momentum))
+        return ops.cast(outputs, self.compute_dtype)
+
+
+@keras.saving.register_keras_serializable(package="lbgap_tf")
+class GhostBatchStatisticsNormalization(GhostBatchNormalization, BatchStatisticsNormalization):
+    """Ghost batch normalization in training, the current batch's statistics at inference
+    (``bn_mode="batch"``, the authors' Keras 1 ``mode=2``)."""
+
+    def call(self, inputs, training=None, mask=None):
+        if training:
+            return GhostBatchNormalization.call(self, inputs, training=True, mask=mask)
+        return BatchStatisticsNormalization.call(self, inputs, training=False, mask=mask)
+
+
 class _Builder:
     """Creates the layers of one model with a shared BN configuration."""
 
-    def __init__(self, bn_mode: str, bn_synchronized: bool):
+    def __init__(self, bn_mode: str, bn_synchronized: bool, ghost_batch: int | None = None):
         if bn_mode not in BN_MODES:
             raise ValueError(
                 f"unknown bn_mode {bn_mode!r}: choose one of {', '.join(BN_MODES)}"
             )
+        if ghost_batch is not None and ghost_batch < 1:
+            raise ValueError(f"ghost_batch must be a positive integer, got {ghost_batch}")
         self._bn_class = (
             BatchStatisticsNormalization if bn_mode == "batch" else layers.BatchNormalization
         )
         self._bn_synchronized = bn_synchronized
+        self._ghost_batch = ghost_batch
 
     def bn(self):
+        if self._ghost_batch is not None:
+            ghost_class = (GhostBatchStatisticsNormalization
+                           if self._bn_class is BatchStatisticsNormalization
+                           else GhostBatchNormalization)
+            return ghost_class(self._ghost_batch, epsilon=_BN_EPSILON, momentum=_BN_MOMENTUM)
         return self._bn_class(
             epsilon=_BN_EPSILON, momentum=_BN_MOMENTUM, synchronized=self._bn_synchronized
         )
@@ -192,6 +265,7 @@ def build(
     num_classes: int | None = None,
     bn_mode: str = "moving",
     bn_synchronized: bool = True,
+    ghost_batch: int | None = None,
 ) -> keras.Model:
     """Builds network ``name`` (one of ``MODEL_NAMES``) as an uncompiled Keras model.
 
@@ -205,6 +279,9 @@ def build(
         as the authors' Keras 1 ``mode=2``).
       bn_synchronized: synchronise BN batch statistics across tf.distribute replicas, so the
         statistics are those of the GLOBAL batch whatever the replica count.
+      ghost_batch: None for standard BN; k for ghost batch normalization
+        (``GhostBatchNormalization``): training statistics per chunk of k examples of each
+        replica's batch (never synchronised).
 
     Returns:
       A ``keras.Model`` named ``name`` mapping ``[batch, *input_shape]`` to float32 logits
@@ -229,7 +306,7 @@ def build(
     if any(dim < 1 for dim in input_shape):
         raise ValueError(f"input_shape must be positive, got {input_shape}")
 
-    builder = _Builder(bn_mode, bn_synchronized)
+    builder = _Builder(bn_mode, bn_synchronized, ghost_batch)
     inputs = keras.Input(shape=input_shape, name="inputs")
     if name == "F1":
         outputs = _fully_connected(builder, inputs, num_classes, hidden_layers=5)

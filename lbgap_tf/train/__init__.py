@@ -20,12 +20,15 @@ Modules, each with one job:
   x0          initial weights: drawn from a seed, saved/loaded as x0.npz, digested
   optimizers  ADAM through the fused kernel, SGD, Adagrad; loss scaling for mixed_float16
   steps       the compiled multi-step training function under any strategy
+  schedules   the data and schedule remedies: batch growth, LR scaling and warm-up,
+              augmentation (ghost batch normalization is a layer of ``models``)
   rundir      the run directory: file names, lock, same-run check, config.json, history
   loop        ``train``: build, restore, the epoch loop with progress, final evaluation
   records     the run's CSV row and id
 """
 
 from lbgap_tf.train.config import (
+    LR_SCALINGS,
     OPTIMIZERS,
     PAPER_LB_FRACTION,
     PRECISIONS,
@@ -55,7 +58,7 @@ from lbgap_tf.train.rundir import (
 from lbgap_tf.train.x0 import load_x0, make_x0, save_x0
 
 __all__ = [
-    "CHECKPOINT_DIR", "CONFIG_FILE", "HISTORY_COLUMNS", "HISTORY_FILE", "MODEL_FILE",
+    "LR_SCALINGS", "CHECKPOINT_DIR", "CONFIG_FILE", "HISTORY_COLUMNS", "HISTORY_FILE", "MODEL_FILE",
     "OPTIMIZERS", "PAPER_LB_FRACTION", "PRECISIONS", "REGIMES", "RUN_COLUMNS", "SB_BATCH_SIZE",
     "SNAPSHOT_DIR", "X0_FILE", "FusedAdam", "TrainConfig", "TrainError", "TrainResult",
     "config_dict", "epoch_permutation", "is_chief", "load_data", "load_x0", "make_optimizer",

@@ -69,6 +69,11 @@ class TrainConfig:
         statistics included, no optimizer state), strictly increasing, each in 1..epochs.
         Keeping snapshots does not change the run: it is recorded in config.json but is not
         part of the run id.
+      augment, lr_scaling, reference_batch, warmup_epochs, ghost_batch, regime_adaptation,
+        batch_schedule: the data and schedule remedies of ``lbgap_tf.train.schedules``
+        (augmentation, LR scaling with warm-up, ghost batch normalization, regime adaptation,
+        batch growth). Each is off by default and then left out of ``config_dict``, so a
+        plain run keeps the config.json and run id it had before the remedies existed.
     """
 
     model: str = "F1"
@@ -94,6 +99,13 @@ class TrainConfig:
     x0_path: str | None = None
     synthetic: data.SyntheticSpec | None = None
     snapshot_epochs: tuple[int, ...] = ()
+    augment: bool = False
+    lr_scaling: str = "none"
+    reference_batch: int = SB_BATCH_SIZE
+    warmup_epochs: int = 0
+    ghost_batch: int | None = None
+    regime_adaptation: bool = False
+    batch_schedule: tuple[tuple[int, int], ...] = ()
 
     def __post_init__(self):
         _choice("model", self.model, models.MODEL_NAMES)
@@ -123,6 +135,7 @@ class TrainConfig:
         if not 0 <= self.momentum < 1:
             raise TrainError(f"momentum must be in [0, 1), got {self.momentum}")
         _snapshot_epochs(self.snapshot_epochs, self.epochs)
+        _data_remedies(self)
 
     @property
     def stop_rule(self) -> str:
@@ -144,6 +157,50 @@ def _positive_int(name, value):
         raise TrainError(f"{name} must be a positive integer, got {value!r}")
 
 
+LR_SCALINGS = ("none", "linear", "sqrt")
+# The remedy fields and their "off" values: left out of config_dict (and the run id) when off.
+REMEDY_DEFAULTS = {"augment": False, "lr_scaling": "none", "reference_batch": SB_BATCH_SIZE,
+                   "warmup_epochs": 0, "ghost_batch": None, "regime_adaptation": False,
+                   "batch_schedule": ()}
+
+
+def _data_remedies(config: TrainConfig) -> None:
+    """Checks the data and schedule remedy fields (the batch-dependent checks are in
+    ``resolve``)."""
+    if config.augment and models.spec(config.model).flat_input:
+        raise TrainError(
+            f"augmentation (flips, rotations, translations) needs an image network, and "
+            f"{config.model} takes flat vectors: drop --augment or use a C network")
+    _choice("lr_scaling", config.lr_scaling, LR_SCALINGS)
+    _positive_int("reference_batch", config.reference_batch)
+    if isinstance(config.warmup_epochs, bool) or not isinstance(
+            config.warmup_epochs, (int, np.integer)) or not 0 <= config.warmup_epochs \
+            <= config.epochs:
+        raise TrainError(f"warmup_epochs must be an integer in 0..epochs ({config.epochs}), "
+                         f"got {config.warmup_epochs!r}")
+    if config.warmup_epochs and config.lr_scaling == "none":
+        raise TrainError("warmup_epochs ramps the rate up to the scaled one: pass "
+                         "--lr_scaling=linear or sqrt, or drop --warmup_epochs")
+    if config.ghost_batch is not None:
+        _positive_int("ghost_batch", config.ghost_batch)
+    schedule = config.batch_schedule
+    if not isinstance(schedule, tuple) or any(
+            not isinstance(pair, tuple) or len(pair) != 2 or any(
+                isinstance(v, bool) or not isinstance(v, (int, np.integer)) for v in pair)
+            for pair in schedule):
+        raise TrainError(f"batch_schedule must be a tuple of (epoch, global batch) integer "
+                         f"pairs, got {schedule!r}")
+    epochs = [epoch for epoch, _ in schedule]
+    if any(k < 2 or k > config.epochs for k in epochs) or any(
+            b <= a for a, b in zip(epochs[:-1], epochs[1:], strict=True)):
+        raise TrainError(
+            f"batch_schedule epochs must be strictly increasing in 2..{config.epochs} (the "
+            f"first epoch uses batch_size), got {epochs}")
+    if schedule and config.regime_adaptation:
+        raise TrainError("regime_adaptation fixes the epochs from one batch size: drop it or "
+                         "the batch_schedule")
+
+
 def _snapshot_epochs(epochs: tuple, cap: int) -> None:
     if not isinstance(epochs, tuple) or any(
             isinstance(k, bool) or not isinstance(k, (int, np.integer)) for k in epochs):
@@ -158,9 +215,17 @@ def _snapshot_epochs(epochs: tuple, cap: int) -> None:
 def resolve(config: TrainConfig, num_train: int, replicas: int) -> TrainConfig:
     """``config`` with ``dataset`` and the GLOBAL ``batch_size`` filled in and checked.
 
+    With ``regime_adaptation``, ``epochs`` becomes the epochs that give as many updates as
+    ``epochs`` epochs of ``reference_batch`` (rounded up) and the flag is cleared, so
+    resolving a resolved config changes nothing. A scaling rule on a run whose batch is the
+    reference batch throughout changes no rate and is dropped (the run is a plain run, with
+    a plain run's id).
+
     Raises:
       TrainError: the batch is larger than the training set, or not divisible by the
-        number of replicas (every replica must take an equal slice of each global batch).
+        number of replicas (every replica must take an equal slice of each global batch); a
+        ``batch_schedule`` whose batches do not grow, exceed the training set or do not divide
+        among the replicas; a ``ghost_batch`` that does not divide every per-replica batch.
     """
     dataset = config.dataset or models.spec(config.model).dataset
     batch_size = config.batch_size
@@ -177,7 +242,33 @@ def resolve(config: TrainConfig, num_train: int, replicas: int) -> TrainConfig:
         raise TrainError(
             f"global batch size {batch_size} is not divisible by the {replicas} replicas: "
             f"pass a --batch_size that is a multiple of {replicas}, or change the replica count")
-    return dataclasses.replace(config, dataset=dataset, batch_size=batch_size)
+    previous = batch_size
+    for epoch, batch in config.batch_schedule:
+        if batch <= previous or batch > num_train or batch % replicas:
+            raise TrainError(
+                f"batch_schedule sets global batch {batch} at epoch {epoch} after {previous}: "
+                f"each batch must grow, be at most the training set ({num_train}) and a "
+                f"multiple of the {replicas} replicas")
+        previous = batch
+    if config.ghost_batch is not None:
+        for batch in (batch_size, *(b for _, b in config.batch_schedule)):
+            if (batch // replicas) % config.ghost_batch:
+                raise TrainError(
+                    f"ghost batch {config.ghost_batch} does not divide the per-replica batch "
+                    f"{batch // replicas} (global {batch} on {replicas} replicas): pass a "
+                    "--ghost_batch that divides every per-replica batch")
+    lr_scaling, warmup_epochs = config.lr_scaling, config.warmup_epochs
+    if not config.batch_schedule and batch_size == config.reference_batch:
+        lr_scaling, warmup_epochs = "none", 0  # The rule changes no rate: a plain run.
+    epochs = config.epochs
+    if config.regime_adaptation:
+        # As many updates as the reference (SB) batch would make in ``epochs`` epochs.
+        updates = config.epochs * (num_train // config.reference_batch)
+        epochs = -(-updates // (num_train // batch_size))
+    # The adapted epoch count replaces the rule, so resolving again changes nothing.
+    return dataclasses.replace(config, dataset=dataset, batch_size=batch_size, epochs=epochs,
+                               regime_adaptation=False, lr_scaling=lr_scaling,
+                               warmup_epochs=warmup_epochs)
 
 
 def stop_reason(losses: Sequence[float], config: TrainConfig) -> str | None:
@@ -205,10 +296,14 @@ def stop_reason(losses: Sequence[float], config: TrainConfig) -> str | None:
 def config_dict(config: TrainConfig) -> dict:
     """``config`` as a JSON-serialisable dict (the synthetic spec as a nested dict).
 
-    ``snapshot_epochs`` appears only when set, so a run that keeps no snapshots has the
-    config.json (and the run directory it resumes from) that it had before the field existed.
+    ``snapshot_epochs`` and the remedy fields (``REMEDY_DEFAULTS``) appear only when set, so a
+    run that keeps no snapshots and uses no remedy has the config.json (and the run directory
+    it resumes from) that it had before those fields existed.
     """
     values = dataclasses.asdict(config)
     if not values["snapshot_epochs"]:
         del values["snapshot_epochs"]
+    for name, off in REMEDY_DEFAULTS.items():
+        if values[name] == off:
+            del values[name]
     return values

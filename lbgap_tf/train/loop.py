@@ -41,6 +41,7 @@ from lbgap_tf.train.rundir import (
     snapshot_path,
     write_config,
 )
+from lbgap_tf.train.schedules import batch_at, make_augmenter
 from lbgap_tf.train.steps import TrainSteps
 from lbgap_tf.train.tensorboard import EpochScalars
 from lbgap_tf.train.x0 import load_x0, make_x0, save_x0, set_weights, weights_digest
@@ -151,17 +152,25 @@ def _train_locked(config, train_data, test_data, run_dir, strategy, chief, quiet
     if x0_arrays is None:
         x0_arrays = make_x0(config, info)
     keras.utils.set_random_seed(config.seed)
+    num_train = train_data.info.num_examples
     with strategy.scope():
         model = build_model(config, info)
-        optimizer = make_optimizer(config)
+        optimizer = make_optimizer(config, num_train)
         optimizer.build(model.trainable_variables)
+        augmenter = None
+        if config.augment:
+            augmenter = make_augmenter(config.seed)
+            augmenter.build((None, *info.input_shape))
     set_weights(model, x0_arrays, x0_source)
     epoch_counter = tf.Variable(0, dtype=tf.int64, trainable=False)
     # model.variables adds what model.weights lacks: the dropout RNG (seed generator) states,
-    # so a resumed run draws the dropout masks of an uninterrupted one. The data order needs
-    # no state: it is a function of (seed, epoch).
-    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, epoch=epoch_counter,
-                                     variables=list(model.variables))
+    # so a resumed run draws the dropout masks of an uninterrupted one (the augmentation's
+    # likewise). The data order needs no state: it is a function of (seed, epoch).
+    state = {"model": model, "optimizer": optimizer, "epoch": epoch_counter,
+             "variables": list(model.variables)}
+    if augmenter is not None:
+        state["augmentation"] = list(augmenter.variables)
+    checkpoint = tf.train.Checkpoint(**state)
     checkpoint_dir, history_path = process_paths(run_dir, strategy, chief)
     manager = tf.train.CheckpointManager(checkpoint, checkpoint_dir, max_to_keep=1)
 
@@ -179,17 +188,19 @@ def _train_locked(config, train_data, test_data, run_dir, strategy, chief, quiet
     history = restore_history(history_path, done) if done else []
 
     global_batch = config.batch_size
-    steps_per_epoch = train_data.info.num_examples // global_batch
+    steps_per_epoch = num_train // global_batch
     steps = TrainSteps(model, optimizer, strategy, train_data.features, train_data.labels,
-                       global_batch, config.jit_compile)
+                       config.jit_compile, augmenter)
     evaluators = None
     if config.eval_every_epoch:
         evaluators = _evaluators(model, train_data, test_data, config, strategy)
-    empty_order = tf.constant(epoch_permutation(config.seed, 1, train_data.info.num_examples))
-    steps(empty_order, 0, 0)  # Trace and compile before any timing.
+    empty_order = tf.constant(epoch_permutation(config.seed, 1, num_train))
+    for batch in dict.fromkeys((global_batch, *(b for _, b in config.batch_schedule))):
+        steps(empty_order, 0, 0, batch)  # Trace and compile before any timing.
     startup_s = time.perf_counter() - started
-    log("%s %s: global batch %d on %d replica(s) (%s), %d steps/epoch, %s; startup %.1f s",
-        config.model, config.regime, global_batch, description["replicas"],
+    growth = "".join(f", batch {b} from epoch {e}" for e, b in config.batch_schedule)
+    log("%s %s: global batch %d%s on %d replica(s) (%s), %d steps/epoch, %s; startup %.1f s",
+        config.model, config.regime, global_batch, growth, description["replicas"],
         description["device_kind"], steps_per_epoch, config.stop_rule, startup_s)
 
     reason = stop_reason([row["train_loss"] for row in history], config)
@@ -199,7 +210,7 @@ def _train_locked(config, train_data, test_data, run_dir, strategy, chief, quiet
     last_checkpoint = time.perf_counter()
     while reason is None:
         epoch = done + 1
-        row = _run_epoch(steps, config, epoch, steps_per_epoch, train_data, log)
+        row = _run_epoch(steps, config, epoch, train_data, log)
         if evaluators is not None:
             began = time.perf_counter()
             full_train, test = evaluators[0](), evaluators[1]()
@@ -251,21 +262,23 @@ def _evaluators(model, train_data, test_data, config, strategy):
         for split in (train_data, test_data))
 
 
-def _run_epoch(steps, config, epoch, steps_per_epoch, train_data, log) -> dict:
+def _run_epoch(steps, config, epoch, train_data, log) -> dict:
     order = tf.constant(epoch_permutation(config.seed, epoch, train_data.info.num_examples))
+    batch = batch_at(config, epoch)
+    steps_per_epoch = train_data.info.num_examples // batch
     losses, correct = [], []
     began = last_report = time.perf_counter()
     cpu_began = time.process_time()
     for first in range(0, steps_per_epoch, config.steps_per_call):
         count = min(config.steps_per_call, steps_per_epoch - first)
-        step_losses, step_correct = steps(order, first, count)
+        step_losses, step_correct = steps(order, first, count, batch)
         losses.append(step_losses)
         correct.append(step_correct)
         now = time.perf_counter()
         done_steps = first + count
         if now - last_report > 10 and done_steps < steps_per_epoch:
-            rate = done_steps * config.batch_size / (now - began)
-            eta = (steps_per_epoch - done_steps) * config.batch_size / rate
+            rate = done_steps * batch / (now - began)
+            eta = (steps_per_epoch - done_steps) * batch / rate
             log("epoch %d: step %d/%d, loss %.4f, %.0f examples/s, epoch ETA %s", epoch,
                 done_steps, steps_per_epoch, float(np.mean(np.concatenate(losses))), rate,
                 _format_duration(eta))
@@ -273,7 +286,7 @@ def _run_epoch(steps, config, epoch, steps_per_epoch, train_data, log) -> dict:
     elapsed = time.perf_counter() - began
     cpu = time.process_time() - cpu_began
     losses = np.concatenate(losses).astype(np.float64)
-    examples = steps_per_epoch * config.batch_size
+    examples = steps_per_epoch * batch
     if not np.all(np.isfinite(losses)):
         logging.warning("epoch %d: non-finite training loss; lower the learning rate", epoch)
     row = dict.fromkeys(HISTORY_COLUMNS)  # Evaluation columns stay empty here.

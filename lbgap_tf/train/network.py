@@ -22,8 +22,9 @@ def _dtype_policy(precision: str):
 
 def build_model(config: TrainConfig, info: data.DatasetInfo) -> keras.Model:
     """The network ``config.model`` for the dataset ``info``, with the config's BN mode, BN
-    synchronisation and precision (weights from Keras' initialisers under the current seed)."""
+    synchronisation, ghost batch and precision (weights from Keras' initialisers under the
+    current seed)."""
     with _dtype_policy(config.precision):
         return models.build(config.model, input_shape=info.input_shape,
                             num_classes=info.num_classes, bn_mode=config.bn_mode,
-                            bn_synchronized=config.bn_sync)
+                            bn_synchronized=config.bn_sync, ghost_batch=config.ghost_batch)

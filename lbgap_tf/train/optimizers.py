@@ -6,6 +6,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
+from lbgap_tf.train import schedules
 from lbgap_tf.train.config import TrainConfig
 
 
@@ -39,14 +40,17 @@ def _handle(variable):
     return variable.handle
 
 
-def make_optimizer(config: TrainConfig) -> keras.optimizers.Optimizer:
-    """A fresh optimizer for ``config`` (build it inside the strategy's scope)."""
+def make_optimizer(config: TrainConfig, num_train: int) -> keras.optimizers.Optimizer:
+    """A fresh optimizer for the resolved ``config`` (build it inside the strategy's scope);
+    its rate follows the config's LR scaling and warm-up (``schedules.learning_rate``) over a
+    training set of ``num_train`` examples."""
+    rate = schedules.learning_rate(config, num_train)
     if config.optimizer == "adam":
-        optimizer = FusedAdam(config.learning_rate, beta_1=0.9, beta_2=0.999)
+        optimizer = FusedAdam(rate, beta_1=0.9, beta_2=0.999)
     elif config.optimizer == "sgd":
-        optimizer = keras.optimizers.SGD(config.learning_rate, momentum=config.momentum)
+        optimizer = keras.optimizers.SGD(rate, momentum=config.momentum)
     else:
-        optimizer = keras.optimizers.Adagrad(config.learning_rate)
+        optimizer = keras.optimizers.Adagrad(rate)
     if config.precision == "mixed_float16":
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
     return optimizer

@@ -15,7 +15,9 @@ per-replica BN statistics (a ghost-batch experiment) are selectable and recorded
 trajectories depend on the replica count.
 
 The training set stays on the replica devices as one tensor per device; each step gathers its
-examples from it by index.
+examples from it by index. The global batch is an argument of each call (batch growth changes
+it between epochs); each batch size gets its own compiled function. With an ``augment`` model
+(``schedules.make_augmenter``) each replica's examples are augmented before the forward pass.
 """
 
 from __future__ import annotations
@@ -26,12 +28,12 @@ import tensorflow as tf
 class TrainSteps:
     """The compiled multi-step training function of one run."""
 
-    def __init__(self, model, optimizer, strategy, features, labels, global_batch, jit):
+    def __init__(self, model, optimizer, strategy, features, labels, jit, augment=None):
         self._model = model
         self._optimizer = optimizer
         self._strategy = strategy
-        self._global_batch = global_batch
-        self._local_batch = global_batch // strategy.num_replicas_in_sync
+        self._jit = jit
+        self._augment = augment
         host_x = tf.constant(features)
         host_y = tf.constant(labels, dtype=tf.int32)
         # One copy of the data per replica device; each replica gathers its own examples.
@@ -39,40 +41,49 @@ class TrainSteps:
             lambda _: tf.identity(host_x))
         self._y = strategy.experimental_distribute_values_from_function(
             lambda _: tf.identity(host_y))
-        self._function = tf.function(self._steps, jit_compile=jit)
+        self._functions = {}  # global batch -> compiled steps
 
-    def _replica_step(self, x_all, y_all, global_indices):
+    def _replica_step(self, x_all, y_all, global_indices, global_batch):
+        local_batch = global_batch // self._strategy.num_replicas_in_sync
         replica = tf.distribute.get_replica_context().replica_id_in_sync_group
-        indices = global_indices[replica * self._local_batch:(replica + 1) * self._local_batch]
+        indices = global_indices[replica * local_batch:(replica + 1) * local_batch]
         x = tf.gather(x_all, indices)
         y = tf.gather(y_all, indices)
+        if self._augment is not None:
+            x = self._augment(x, training=True)
         variables = self._model.trainable_variables
         with tf.GradientTape() as tape:
             logits = tf.cast(self._model(x, training=True), tf.float32)
             per_example = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=logits)
-            loss = tf.reduce_sum(per_example) / self._global_batch
+            loss = tf.reduce_sum(per_example) / global_batch
             scaled = self._optimizer.scale_loss(loss)
         gradients = tape.gradient(scaled, variables)
         self._optimizer.apply_gradients(zip(gradients, variables, strict=True))
         predictions = tf.argmax(logits, axis=-1, output_type=tf.int32)
         return loss, tf.reduce_sum(tf.cast(tf.equal(predictions, y), tf.int32))
 
-    def _steps(self, x_all, y_all, permutation, first_step, num_steps):
+    def _steps(self, x_all, y_all, permutation, first_step, num_steps, global_batch):
         strategy = self._strategy
         losses = tf.TensorArray(tf.float32, size=num_steps)
         correct = tf.TensorArray(tf.int32, size=num_steps)
         for i in tf.range(num_steps):
-            begin = (first_step + i) * self._global_batch
-            indices = permutation[begin:begin + self._global_batch]
-            loss, right = strategy.run(self._replica_step, args=(x_all, y_all, indices))
+            begin = (first_step + i) * global_batch
+            indices = permutation[begin:begin + global_batch]
+            loss, right = strategy.run(self._replica_step,
+                                       args=(x_all, y_all, indices, global_batch))
             losses = losses.write(i, strategy.reduce("SUM", loss, axis=None))
             correct = correct.write(i, strategy.reduce("SUM", right, axis=None))
         return losses.stack(), correct.stack()
 
-    def __call__(self, permutation, first_step: int, num_steps: int):
-        """Runs steps ``first_step .. first_step + num_steps - 1`` of the epoch ordered by
-        ``permutation``; returns the global-batch mean losses and correct counts per step."""
-        losses, correct = self._function(self._x, self._y, permutation,
-                                         tf.constant(first_step, tf.int32),
-                                         tf.constant(num_steps, tf.int32))
+    def __call__(self, permutation, first_step: int, num_steps: int, global_batch: int):
+        """Runs steps ``first_step .. first_step + num_steps - 1`` of batch ``global_batch``
+        of the epoch ordered by ``permutation``; returns the global-batch mean losses and
+        correct counts per step."""
+        if global_batch not in self._functions:
+            self._functions[global_batch] = tf.function(
+                lambda *args: self._steps(*args, global_batch=global_batch),
+                jit_compile=self._jit)
+        losses, correct = self._functions[global_batch](
+            self._x, self._y, permutation, tf.constant(first_step, tf.int32),
+            tf.constant(num_steps, tf.int32))
         return losses.numpy(), correct.numpy()
