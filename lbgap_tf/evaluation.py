@@ -254,6 +254,49 @@ class LossAndGradient:
         n = self.num_examples
         return total / n, grad / tf.cast(n, self.dtype)
 
+    @property
+    def variables(self) -> list:
+        """The model's trainable variables, in the order of the flat weight vector."""
+        return list(self._variables)
+
+    def unflatten(self, flat: tf.Tensor) -> list[tf.Tensor]:
+        """A flat vector [num_weights] as tensors shaped like `variables`, in their order."""
+        parts = tf.split(tf.cast(flat, self.dtype), self._sizes)
+        return [tf.reshape(part, shape) for part, shape in zip(parts, self._shapes, strict=True)]
+
+    def flatten(self, tensors) -> tf.Tensor:
+        """Tensors shaped like `variables` as one flat vector [num_weights] in the model dtype."""
+        return tf.concat([tf.reshape(tf.cast(t, self.dtype), [-1]) for t in tensors], axis=0)
+
+    def summed_loss(self, x, y) -> tf.Tensor:
+        """The summed cross-entropy of the model over the examples (x, y), at the current
+        weights; the building block of per-replica sums (`mean_over_data`)."""
+        return tf.reduce_sum(_example_losses(self._model, x, y)[1])
+
+    def mean_over_data(self, flat: tf.Tensor, replica_sum) -> tf.Tensor:
+        """(1/N) * the sum over the fixed data of replica_sum(x, y), at weights `flat`. Traceable.
+
+        `replica_sum(x, y)` runs in replica context on each replica's slice of every global
+        batch (the slicing, order and batch size of `value_and_gradient`) and returns a SUM
+        over its examples as a vector [num_weights] in the model dtype, e.g. a Hessian-vector
+        product of `summed_loss`. The slices' sums are reduced with `ReduceOp.SUM` and divided
+        by N once; the weights present before the call are restored afterwards.
+        """
+        strategy, data = self._strategy, self._batches
+        saved = self.flat_weights()
+        self._assign(flat)
+
+        def replica_part(features, labels, batch):
+            return replica_sum(*data.replica_slice(features, labels, batch))
+
+        total = tf.zeros([self.num_weights], self.dtype)
+        for batch in tf.range(data.num_batches):
+            part = strategy.run(replica_part, args=(data.features, data.labels, batch))
+            total += strategy.reduce(tf.distribute.ReduceOp.SUM, part, axis=None)
+        with tf.control_dependencies([total]):
+            self._assign(saved)
+        return total / tf.cast(self.num_examples, self.dtype)
+
     def value(self, flat: tf.Tensor) -> tf.Tensor:
         """f(flat) as a float64 scalar, without the backward pass. Traceable."""
         saved = self.flat_weights()

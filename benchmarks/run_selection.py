@@ -1,0 +1,95 @@
+"""Trained runs of ``benchmarks.train`` (or ``benchmarks.gap``) selected for a measurement.
+
+A run is named by its run id under ``<output_dir>/runs/`` or by its run directory (which may
+live in another output folder; its ``runs.csv`` is the one two levels up). Every named run is
+checked (a completed row in ``runs.csv``, a final ``model.keras``, a readable config) before
+any is measured, and a problem raises a ``ValueError`` naming the run and the fix, which a
+binary turns into its one error line. The measurement binaries share this selection so they
+measure the same runs the same way.
+"""
+
+import dataclasses
+import json
+import os
+
+import keras
+
+from lbgap_tf import data, models, results, train
+
+RUNS_FILE = "runs.csv"
+
+
+@dataclasses.dataclass
+class Run:
+    """A completed run: its id, directory, resolved config, ``runs.csv`` row and final model."""
+
+    run_id: str
+    run_dir: str
+    config: train.TrainConfig
+    row: dict
+    model: keras.Model
+
+
+def read_config(run_dir: str) -> train.TrainConfig:
+    """The resolved ``TrainConfig`` saved in a run directory."""
+    path = os.path.join(run_dir, train.CONFIG_FILE)
+    try:
+        with open(path, encoding="utf-8") as handle:
+            values = dict(json.load(handle)["config"])
+        if values.get("synthetic") is not None:
+            values["synthetic"] = data.SyntheticSpec(**values["synthetic"])
+        return train.TrainConfig(**values)
+    except FileNotFoundError:
+        raise ValueError(f"{path} does not exist: {run_dir} is not a run directory of "
+                         "benchmarks.train") from None
+    except (OSError, KeyError, TypeError, json.JSONDecodeError) as error:
+        raise ValueError(f"cannot read the run configuration {path} ({error}): it was not "
+                         "written by this version of benchmarks.train") from error
+
+
+def locate(name: str, output_dir: str) -> tuple[str, str, str]:
+    """(run id, run directory, runs.csv) of a run id or a run directory path."""
+    if os.path.isdir(name) and os.path.exists(os.path.join(name, train.CONFIG_FILE)):
+        run_dir = os.path.abspath(name)
+        root = os.path.dirname(os.path.dirname(run_dir))
+        return os.path.basename(run_dir), run_dir, os.path.join(root, RUNS_FILE)
+    return name, os.path.join(output_dir, "runs", name), os.path.join(output_dir, RUNS_FILE)
+
+
+def load_runs(names: list[str], output_dir: str, strategy) -> list[Run]:
+    """The runs ``names`` (default: every completed run of ``<output_dir>/runs.csv``), with
+    their final models loaded under ``strategy``'s scope."""
+    runs_csv = os.path.join(output_dir, RUNS_FILE)
+    names = names or [row["run_id"] for row in results.read_rows(runs_csv)]
+    if not names:
+        raise ValueError(f"no completed runs in {runs_csv}: train some with benchmarks.train "
+                         "and the same --output_dir, or name them with --runs")
+    runs = []
+    for name in dict.fromkeys(names):
+        run_id, run_dir, csv_path = locate(name, output_dir)
+        rows = [row for row in results.read_rows(csv_path) if row["run_id"] == run_id]
+        if not rows:
+            raise ValueError(f"run {name} is not a completed run: no row with run_id {run_id} in "
+                             f"{csv_path}; pass a run id listed there or finish the run with "
+                             "benchmarks.train")
+        model_path = os.path.join(run_dir, train.MODEL_FILE)
+        if not os.path.exists(model_path):
+            raise ValueError(f"run {run_id} has no final model {model_path}: rerun its "
+                             "benchmarks.train command to finish it")
+        config = read_config(run_dir)
+        with strategy.scope():
+            model = keras.models.load_model(model_path, compile=False)
+        runs.append(Run(run_id, run_dir, config, rows[0], model))
+    return runs
+
+
+def train_split(config: train.TrainConfig, cache: dict, *, data_dir: str | None,
+                tfds_data_dir: str | None) -> data.SplitData:
+    """The training split of a run's data set (loaded once per data set and input layout)."""
+    flatten = models.spec(config.model).flat_input
+    key = (config.dataset, flatten, config.synthetic)
+    if key not in cache:
+        cache[key] = data.load_split(config.dataset, "train", data_dir=data_dir,
+                                     tfds_data_dir=tfds_data_dir, flatten=flatten,
+                                     synthetic=config.synthetic)
+    return cache[key]
