@@ -49,6 +49,7 @@ BINARIES = {
     "fig5_warm_start_": "warm_start",
     "fig6_along_training_": "along_training",
     "setups_": "setups",
+    "remedies_": "remedies",
 }
 
 # Training-set sizes of the paper's data sets (TIMIT: the frame count recalled in PAPER.md;
@@ -66,6 +67,7 @@ CONFIG_GETTERS = {
     "warm_start": "warm_start_config",
     "along_training": "along_training_config",
     "setups": "_checked_config",
+    "remedies": "remedies_config",
 }
 
 
@@ -111,6 +113,11 @@ def _resolved(config) -> list:
     if hasattr(config, "run_config"):  # A batch sweep: its runs are made per batch size.
         configs += [config.run_config(batch, config.first_seed, None)
                     for batch in config.batch_sizes]
+    if hasattr(config, "remedy_configs"):  # Remedies: SB and LB of each network and remedy.
+        configs += [item for model in config.models for remedy in config.remedies
+                    for item in config.remedy_configs(
+                        remedy, model, config.first_seed,
+                        _num_train(dataclasses.replace(config.sb, model=model)), 1)[:2]]
     return [train.resolve(item, _num_train(item), 1) for item in configs]
 
 

@@ -189,7 +189,7 @@ def test_batch_growth_visits_its_batches_and_resumes_exactly(tmp_path):
 
 def test_augmentation_changes_training_and_resumes_exactly(tmp_path):
     config = _config(model="C1", synthetic=IMAGES, batch_size=32, epochs=2, augment=True)
-    plain = _run(dataclasses.replace(config, augment=False), tmp_path / "plain")
+    plain = _run(dataclasses.replace(config, augment=False, epochs=1), tmp_path / "plain")
     straight = _run(config, tmp_path / "straight")
     assert abs(straight.history[0]["train_loss"] - plain.history[0]["train_loss"]) > 1e-3
     with pytest.raises(_Interrupt):
@@ -205,10 +205,10 @@ def test_augmentation_changes_training_and_resumes_exactly(tmp_path):
 
 
 def test_ghost_bn_on_two_replicas_follows_one_device(tmp_path):
-    config = _config(ghost_batch=16, epochs=2)
+    # Each replica's 32 examples hold two whole ghosts: the ghosts of one device.
+    config = _config(ghost_batch=16, epochs=1)
     one = _run(config, tmp_path / "one", tf.distribute.get_strategy())
     two = _run(config, tmp_path / "two", distribute.get_strategy("mirrored"))
     np.testing.assert_allclose([r["train_loss"] for r in two.history],
                                [r["train_loss"] for r in one.history], rtol=1e-5)
-    plain = _run(dataclasses.replace(config, ghost_batch=None), tmp_path / "plain")
-    assert abs(plain.history[0]["train_loss"] - one.history[0]["train_loss"]) > 1e-4
+    assert two.test.loss == pytest.approx(one.test.loss, rel=1e-3)

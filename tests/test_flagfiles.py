@@ -27,7 +27,7 @@ BROKEN = {
 # The first word of a shipped file's name -> its binary (benchmarks/<binary>.py).
 OWNER = {"gap": "gap", "train": "train", "table3": "sharpness", "table4": "sharpness",
          "fig3": "parametric", "fig4": "batch_sweep", "fig5": "warm_start",
-         "fig6": "along_training", "setups": "setups"}
+         "fig6": "along_training", "setups": "setups", "remedies": "remedies"}
 
 
 def test_every_shipped_flagfile_validates_with_its_binary(tmp_path):

@@ -1,0 +1,134 @@
+"""The remedies experiment end to end on synthetic data: same x0, rows, table, resume, the
+remedy grammar and its errors."""
+
+import dataclasses
+import os
+
+import pytest
+
+from lbgap_tf import data, gap, results, train
+from lbgap_tf.experiments import remedies
+from lbgap_tf.reporting import remedies_table
+from tests import binaries
+
+SPEC = data.SyntheticSpec(num_train=256, num_test=64, input_shape=(16,), num_classes=4,
+                          seed=1, noise=2.0)
+
+
+def _config(remedy_list, **overrides):
+    settings = dict(model="F1", dataset="synthetic", synthetic=SPEC, epochs=2,
+                    steps_per_call=8, eval_batch_size=64)
+    values = dict(
+        models=("F1",),
+        sb=train.TrainConfig(**settings, regime="SB", batch_size=32),
+        lb=train.TrainConfig(**settings, regime="LB", batch_size=128),
+        remedies=remedies.parse_remedies(remedy_list),
+        sharpness=gap.SharpnessPlan(epsilons=(1e-3,), subspace_dims=(None,),
+                                    solvers=("lbfgsb",), max_iter=2, eval_examples=128,
+                                    eval_batch_size=128))
+    values.update(overrides)
+    return remedies.RemediesConfig(**values)
+
+
+def test_grammar_parses_components_and_parameters():
+    parsed = remedies.parse_remedies(["sqrt_lr:warmup=2+ghost_bn:ghost=250+adapt", "grow"])
+    assert [r.label for r in parsed] == ["plain", "sqrt_lr:warmup=2+ghost_bn:ghost=250+adapt",
+                                         "grow"]
+    context = remedies._Context(sb_batch=256, lb_batch=6000, replicas=2, sb_epochs=50,
+                                lb_epochs=40)
+    assert parsed[1].fields(context) == {
+        "lr_scaling": "sqrt", "reference_batch": 256, "warmup_epochs": 2, "ghost_batch": 250,
+        "regime_adaptation": True, "epochs": 50}
+    # Defaults: the largest divisor of the per-replica batch (3000) not above 256; one jump
+    # from the SB to the LB batch after a quarter of the LB epochs.
+    assert remedies.parse_remedy("ghost_bn").fields(context) == {"ghost_batch": 250}
+    assert parsed[2].fields(context) == {"batch_size": 256, "batch_schedule": ((11, 6000),)}
+    assert remedies.parse_remedy("grow:schedule=3@1024/6@6000").fields(context)[
+        "batch_schedule"] == ((3, 1024), (6, 6000))
+    assert remedies.parse_remedy("augment").retrains_sb
+    for text, message in [("magic", "unknown remedy 'magic'"),
+                          ("sqrt_lr:warm=2", "KEY one of: warmup"),
+                          ("sqrt_lr:warmup", "KEY=VALUE"),
+                          ("plain+sqrt_lr", "combines plain"),
+                          ("grow:schedule=3-1024", "EPOCH@BATCH")]:
+        with pytest.raises(remedies.RemedyError, match=message):
+            remedies.parse_remedy(text).fields(context)
+    with pytest.raises(remedies.RemedyError, match="repeats an entry"):
+        remedies.parse_remedies(["grow", "grow"])
+    assert remedies.gap_closed(2.0, 0.5) == pytest.approx(0.75)
+    assert remedies.gap_closed(-1.0, 0.5) is None
+
+
+def test_remedies_end_to_end_from_the_same_x0(tmp_path):
+    config = _config(["plain", "sqrt_lr:warmup=1+ghost_bn:ghost=32", "grow"])
+    out = str(tmp_path)
+    outcome = remedies.run(config, output_dir=out, quiet=True)
+    rows = outcome.remedy_rows
+    assert [row["remedy"] for row in rows] == ["plain", "sqrt_lr:warmup=1+ghost_bn:ghost=32",
+                                               "grow"]
+    runs = {row["run_id"]: row for row in results.read_rows(os.path.join(out, "runs.csv"))}
+    assert len(runs) == 4  # SB, plain LB and two remedied LB runs.
+    sb_id = rows[0]["sb_run_id"]
+    x0 = train.load_x0(os.path.join(out, "runs", sb_id, train.X0_FILE))
+    for row in rows:
+        assert row["sb_run_id"] == sb_id and row["plain_lb_run_id"] == rows[0]["lb_run_id"]
+        lb_x0 = train.load_x0(os.path.join(out, "runs", row["lb_run_id"], train.X0_FILE))
+        assert all((a == b).all() for a, b in zip(lb_x0, x0, strict=True))  # Same x0.
+        sb, lb = runs[row["sb_run_id"]], runs[row["lb_run_id"]]
+        gap_pp = 100 * (float(sb["test_accuracy"]) - float(lb["test_accuracy"]))
+        assert float(row["gap_pp"]) == pytest.approx(gap_pp)
+        plain = float(rows[0]["plain_gap_pp"])
+        if plain > 0:
+            assert float(row["gap_closed"]) == pytest.approx(1 - gap_pp / plain)
+    assert len({row["lb_run_id"] for row in rows}) == 3
+    assert runs[rows[1]["lb_run_id"]]["learning_rate"] == "0.001"  # The reference rate.
+    # Updates and last batch as each remedy says: 2 epochs of 256 // 128 = 2 updates; grow
+    # runs epoch 1 at the SB batch (8 updates) and epoch 2 at the LB batch (2).
+    assert [(int(r["lb_updates"]), int(r["lb_last_batch"])) for r in rows] == [
+        (4, 128), (4, 128), (10, 128)]
+    # Every run's full-space sharpness is measured once.
+    measured = [row["run_id"] for row in outcome.sharpness_rows]
+    assert sorted(measured) == sorted(runs)
+    table = remedies_table.table(rows, outcome.sharpness_rows, outcome.run_rows)
+    assert [(line["run"], line["remedy"]) for line in table] == [
+        ("SB", ""), ("LB", "plain"), ("LB", "sqrt_lr:warmup=1+ghost_bn:ghost=32"),
+        ("LB", "grow")]
+    sharp = {row["run_id"]: float(row["sharpness"]) for row in outcome.sharpness_rows}
+    assert table[0]["sharpness_lbfgsb_eps0.001"] == pytest.approx(sharp[sb_id])
+    assert table[3]["sharpness_lbfgsb_eps0.001"] == pytest.approx(sharp[rows[2]["lb_run_id"]])
+    assert table[3]["updates"] == 10 and table[1]["test_accuracy_pct"] == pytest.approx(
+        100 * float(rows[0]["lb_test_accuracy"]))
+    text = remedies_table.markdown(table)
+    assert "| LB | grow |" in text and "- grow: gap" in text
+
+    # A rerun repeats nothing: no new run, measurement or remedy row.
+    sizes = {name: len(results.read_rows(os.path.join(out, name)))
+             for name in ("runs.csv", "sharpness.csv", "remedies.csv")}
+    again = remedies.run(config, output_dir=out, quiet=True)
+    assert {name: len(results.read_rows(os.path.join(out, name))) for name in sizes} == sizes
+    assert again.remedy_rows == rows
+
+
+def test_a_remedy_that_cannot_apply_fails_before_anything_is_written(tmp_path):
+    for remedy, message in [("augment", "F1 takes flat vectors"),
+                            ("ghost_bn:ghost=48", "does not divide the per-replica batch"),
+                            ("grow:schedule=2@16", "each batch must grow"),
+                            ("grow:schedule=2@512", "at most the training set")]:
+        config = _config(["plain", remedy])
+        with pytest.raises(remedies.RemedyError, match=message):
+            remedies.run(config, output_dir=str(tmp_path), quiet=True)
+        assert os.listdir(tmp_path) == []
+    with pytest.raises(remedies.RemedyError, match="must not set augment"):
+        _config(["plain"], lb=dataclasses.replace(_config(["plain"]).lb, model="C1",
+                                                  augment=True))
+
+
+def test_binary_refuses_a_bad_remedy_in_one_line(tmp_path):
+    code, _, err = binaries.run(
+        "benchmarks.remedies", "--dataset=synthetic", "--remedies=plain,augment",
+        f"--output_dir={tmp_path}")
+    assert code == 1
+    # The data is loaded (and logged) before the check; no training, nothing written.
+    message = binaries.error_message(err, "remedies.py", only_own_line=False)
+    assert "F1 takes flat vectors" in message
+    assert os.listdir(tmp_path) == []
