@@ -163,6 +163,7 @@ def define_optimization_flags() -> None:
     _validate("eval_batch_size", lambda v: v >= 1, "--eval_batch_size must be positive")
     _validate("steps_per_call", lambda v: v >= 1, "--steps_per_call must be positive")
     define_remedy_flags()
+    define_step_remedy_flags()
 
 
 def define_remedy_flags() -> None:
@@ -202,6 +203,30 @@ def _schedule_entry(text: str) -> tuple[int, int] | None:
     if len(parts) != 2 or not all(part.isdigit() and int(part) > 0 for part in parts):
         return None
     return int(parts[0]), int(parts[1])
+
+
+def define_step_remedy_flags() -> None:
+    """--step_remedy and its parameters: how each training step uses its batch."""
+    flags.DEFINE_enum(
+        "step_remedy", "none", train.STEP_REMEDIES,
+        "How every run of the binary (gap: SB and LB) takes its steps: none (one gradient "
+        "step), conservative (Li et al.'s proximal step, --conservative_lambda/_iterations), "
+        "adversarial (FGSM inputs, --adversarial_eps), sam or asam (sharpness-aware, "
+        "--sam_rho, --asam_eta; perturbation from the GLOBAL batch's gradient, m = global "
+        "batch).")
+    flags.DEFINE_float("conservative_lambda", 1e-3,
+                       "Conservative training: proximal weight λ (the paper's 1e-3).")
+    flags.DEFINE_integer("conservative_iterations", 3,
+                         "Conservative training: optimizer iterations per batch (the paper's 3).")
+    flags.DEFINE_float("adversarial_eps", 0.03,
+                       "Adversarial training: FGSM L-infinity radius on the inputs (pixels in "
+                       "[0, 1]).")
+    flags.DEFINE_float("sam_rho", 0.05, "SAM/ASAM radius rho (Foret et al.'s 0.05).")
+    flags.DEFINE_float("asam_eta", 0.01, "ASAM's eta in T_w = |w| + eta (Kwon et al.'s 0.01).")
+    for name in ("conservative_lambda", "adversarial_eps", "sam_rho", "asam_eta"):
+        _validate(name, lambda v: v >= 0, f"--{name} must be >= 0")
+    _validate("conservative_iterations", lambda v: v >= 1,
+              "--conservative_iterations must be a positive integer")
 
 
 def define_distribution_flags() -> None:
@@ -285,7 +310,15 @@ def optimization_settings() -> dict:
         steps_per_call=FLAGS.steps_per_call, augment=FLAGS.augment, lr_scaling=FLAGS.lr_scaling,
         reference_batch=FLAGS.reference_batch, warmup_epochs=FLAGS.warmup_epochs,
         ghost_batch=FLAGS.ghost_batch, regime_adaptation=FLAGS.regime_adaptation,
-        batch_schedule=tuple(_schedule_entry(text) for text in FLAGS.batch_schedule))
+        batch_schedule=tuple(_schedule_entry(text) for text in FLAGS.batch_schedule),
+        **step_remedy_settings())
+
+
+def step_remedy_settings() -> dict:
+    """``TrainConfig`` fields of the step remedy flags."""
+    return {name: FLAGS[name].value for name in (
+        "step_remedy", "conservative_lambda", "conservative_iterations", "adversarial_eps",
+        "sam_rho", "asam_eta")}
 
 
 def train_config(**overrides) -> train.TrainConfig:

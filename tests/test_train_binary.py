@@ -138,6 +138,15 @@ BAD_INPUTS = {
     "stray argument": ([*SMOKE, "extra"], "unexpected arguments ['extra']"),
     "cpu split without mirrored": ([*SMOKE, "--cpu_devices=2"],
                                    "--cpu_devices > 1 makes replicas only for"),
+    "negative proximal weight": ([*SMOKE, "--step_remedy=conservative",
+                                  "--conservative_lambda=-1e-3"],
+                                 "--conservative_lambda must be >= 0"),
+    "negative sam radius": ([*SMOKE, "--step_remedy=sam", "--sam_rho=-0.05"],
+                            "--sam_rho must be >= 0"),
+    "negative fgsm radius": ([*SMOKE, "--step_remedy=adversarial", "--adversarial_eps=-0.1"],
+                             "--adversarial_eps must be >= 0"),
+    "unknown step remedy": ([*SMOKE, "--step_remedy=mixup"],
+                            "--step_remedy=mixup: value should be one of"),
 }
 
 # Runs every bad-input case through the binary's own flag parsing and error handling (what

@@ -19,7 +19,8 @@ Modules, each with one job:
   network     the Keras network of a run under its precision policy
   x0          initial weights: drawn from a seed, saved/loaded as x0.npz, digested
   optimizers  ADAM through the fused kernel, SGD, Adagrad; loss scaling for mixed_float16
-  steps       the compiled multi-step training function under any strategy
+  steps       the compiled multi-step training function under any strategy; its step rules
+  remedies    the step remedies: conservative (proximal), adversarial (FGSM), SAM and ASAM
   schedules   the data and schedule remedies: batch growth, LR scaling and warm-up,
               augmentation (ghost batch normalization is a layer of ``models``)
   rundir      the run directory: file names, lock, same-run check, config.json, history
@@ -34,6 +35,7 @@ from lbgap_tf.train.config import (
     PRECISIONS,
     REGIMES,
     SB_BATCH_SIZE,
+    STEP_REMEDIES,
     TrainConfig,
     TrainError,
     config_dict,
@@ -60,8 +62,8 @@ from lbgap_tf.train.x0 import load_x0, make_x0, save_x0
 __all__ = [
     "LR_SCALINGS", "CHECKPOINT_DIR", "CONFIG_FILE", "HISTORY_COLUMNS", "HISTORY_FILE", "MODEL_FILE",
     "OPTIMIZERS", "PAPER_LB_FRACTION", "PRECISIONS", "REGIMES", "RUN_COLUMNS", "SB_BATCH_SIZE",
-    "SNAPSHOT_DIR", "X0_FILE", "FusedAdam", "TrainConfig", "TrainError", "TrainResult",
-    "config_dict", "epoch_permutation", "is_chief", "load_data", "load_x0", "make_optimizer",
-    "make_x0", "resolve", "run_id", "run_key", "run_record", "save_x0", "snapshot_path",
-    "stop_reason", "train",
+    "SNAPSHOT_DIR", "STEP_REMEDIES", "X0_FILE", "FusedAdam", "TrainConfig", "TrainError",
+    "TrainResult", "config_dict", "epoch_permutation", "is_chief", "load_data", "load_x0",
+    "make_optimizer", "make_x0", "resolve", "run_id", "run_key", "run_record", "save_x0",
+    "snapshot_path", "stop_reason", "train",
 ]

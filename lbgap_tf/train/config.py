@@ -21,6 +21,16 @@ PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 REGIMES = ("SB", "LB")
 SB_BATCH_SIZE = 256  # The paper's small batch.
 PAPER_LB_FRACTION = 0.1  # The paper's large batch: 10% of the training set.
+# The remedies that change the training step (``lbgap_tf.train.remedies``) and the config
+# fields each one reads; the fields of the remedies not chosen stay out of ``config_dict``.
+STEP_REMEDY_FIELDS = {
+    "none": (),
+    "conservative": ("conservative_lambda", "conservative_iterations"),
+    "adversarial": ("adversarial_eps",),
+    "sam": ("sam_rho",),
+    "asam": ("sam_rho", "asam_eta"),
+}
+STEP_REMEDIES = tuple(STEP_REMEDY_FIELDS)
 
 
 class TrainError(ValueError):
@@ -74,6 +84,16 @@ class TrainConfig:
         (augmentation, LR scaling with warm-up, ghost batch normalization, regime adaptation,
         batch growth). Each is off by default and then left out of ``config_dict``, so a
         plain run keeps the config.json and run id it had before the remedies existed.
+      step_remedy: how each step uses its batch (``lbgap_tf.train.remedies``): "none" (one
+        gradient step), "conservative" (Li et al.'s proximal step), "adversarial" (FGSM
+        inputs, Goodfellow et al.), "sam" or "asam" (sharpness-aware minimization). With
+        "none" neither it nor any remedy parameter is in ``config_dict``, so a plain run keeps
+        the config.json and run id it had before the remedies existed.
+      conservative_lambda, conservative_iterations: the proximal weight λ >= 0 and the
+        optimizer iterations per batch (the paper's 1e-3 and 3).
+      adversarial_eps: FGSM's L∞ radius on the inputs (>= 0; pixels are in [0, 1]).
+      sam_rho: SAM's/ASAM's radius rho >= 0 (0.05, Foret et al.'s typical value).
+      asam_eta: ASAM's eta >= 0 in T_w = |w| + eta (0.01, Kwon et al.'s).
     """
 
     model: str = "F1"
@@ -106,6 +126,12 @@ class TrainConfig:
     ghost_batch: int | None = None
     regime_adaptation: bool = False
     batch_schedule: tuple[tuple[int, int], ...] = ()
+    step_remedy: str = "none"
+    conservative_lambda: float = 1e-3
+    conservative_iterations: int = 3
+    adversarial_eps: float = 0.03
+    sam_rho: float = 0.05
+    asam_eta: float = 0.01
 
     def __post_init__(self):
         _choice("model", self.model, models.MODEL_NAMES)
@@ -136,6 +162,7 @@ class TrainConfig:
             raise TrainError(f"momentum must be in [0, 1), got {self.momentum}")
         _snapshot_epochs(self.snapshot_epochs, self.epochs)
         _data_remedies(self)
+        _step_remedy(self)
 
     @property
     def stop_rule(self) -> str:
@@ -199,6 +226,17 @@ def _data_remedies(config: TrainConfig) -> None:
     if schedule and config.regime_adaptation:
         raise TrainError("regime_adaptation fixes the epochs from one batch size: drop it or "
                          "the batch_schedule")
+
+
+def _step_remedy(config: TrainConfig) -> None:
+    _choice("step_remedy", config.step_remedy, STEP_REMEDIES)
+    for name, what in (("conservative_lambda", "the proximal weight λ"),
+                       ("adversarial_eps", "the FGSM input radius"),
+                       ("sam_rho", "the SAM radius"), ("asam_eta", "ASAM's eta")):
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+            raise TrainError(f"{name} ({what}) must be a number >= 0, got {value!r}")
+    _positive_int("conservative_iterations", config.conservative_iterations)
 
 
 def _snapshot_epochs(epochs: tuple, cap: int) -> None:
@@ -296,9 +334,10 @@ def stop_reason(losses: Sequence[float], config: TrainConfig) -> str | None:
 def config_dict(config: TrainConfig) -> dict:
     """``config`` as a JSON-serialisable dict (the synthetic spec as a nested dict).
 
-    ``snapshot_epochs`` and the remedy fields (``REMEDY_DEFAULTS``) appear only when set, so a
-    run that keeps no snapshots and uses no remedy has the config.json (and the run directory
-    it resumes from) that it had before those fields existed.
+    ``snapshot_epochs`` and the data remedy fields (``REMEDY_DEFAULTS``) appear only when set,
+    and of the step remedy fields only the chosen remedy and its own parameters, so a run that
+    keeps no snapshots and uses no remedy has the config.json (and the run directory it
+    resumes from) that it had before those fields existed.
     """
     values = dataclasses.asdict(config)
     if not values["snapshot_epochs"]:
@@ -306,4 +345,10 @@ def config_dict(config: TrainConfig) -> dict:
     for name, off in REMEDY_DEFAULTS.items():
         if values[name] == off:
             del values[name]
+    used = STEP_REMEDY_FIELDS[config.step_remedy]
+    for name in {field for fields in STEP_REMEDY_FIELDS.values() for field in fields}:
+        if name not in used:
+            del values[name]
+    if config.step_remedy == "none":
+        del values["step_remedy"]
     return values

@@ -29,6 +29,7 @@ from lbgap_tf.train.config import TrainConfig, TrainError, resolve, stop_reason
 from lbgap_tf.train.inputs import epoch_permutation
 from lbgap_tf.train.network import build_model
 from lbgap_tf.train.optimizers import make_optimizer
+from lbgap_tf.train.remedies import step_rule
 from lbgap_tf.train.rundir import (
     HISTORY_COLUMNS,
     MODEL_FILE,
@@ -190,7 +191,7 @@ def _train_locked(config, train_data, test_data, run_dir, strategy, chief, quiet
     global_batch = config.batch_size
     steps_per_epoch = num_train // global_batch
     steps = TrainSteps(model, optimizer, strategy, train_data.features, train_data.labels,
-                       config.jit_compile, augmenter)
+                       config.jit_compile, augmenter, rule=step_rule(config))
     evaluators = None
     if config.eval_every_epoch:
         evaluators = _evaluators(model, train_data, test_data, config, strategy)

@@ -24,9 +24,12 @@ def run_key(config: TrainConfig, strategy_description: dict) -> dict:
 
 
 def run_id(config: TrainConfig, strategy_description: dict) -> str:
-    """Deterministic run id, e.g. "F1-fashion_mnist-SB-b256-s0-1a2b3c4d5e6f"."""
+    """Deterministic run id, e.g. "F1-fashion_mnist-SB-b256-s0-1a2b3c4d5e6f", with the step
+    remedy before the hash when there is one ("...-s0-sam-1a2b3c4d5e6f")."""
     prefix = (f"{config.model}-{config.dataset}-{config.regime}-b{config.batch_size}-"
               f"s{config.seed}-")
+    if config.step_remedy != "none":
+        prefix += f"{config.step_remedy}-"
     return results.new_run_id(run_key(config, strategy_description), prefix=prefix)
 
 
