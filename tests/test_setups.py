@@ -76,6 +76,9 @@ def test_a_gap_config_goes_to_the_worker_and_back_unchanged():
     config = _experiment()
     config = dataclasses.replace(config, sb=dataclasses.replace(config.sb, snapshot_epochs=(1,)))
     assert setups.gap_config_from_dict(setups.gap_config_to_dict(config)) == config
+    grown = dataclasses.replace(config, lb=dataclasses.replace(
+        config.lb, batch_schedule=((2, 256),), lr_scaling="sqrt"))
+    assert setups.gap_config_from_dict(setups.gap_config_to_dict(grown)) == grown
 
 
 def test_replicas_must_divide_both_global_batches():

@@ -459,9 +459,11 @@ def gap_config_to_dict(config: gap.GapConfig) -> dict:
 def gap_config_from_dict(value: dict) -> gap.GapConfig:
     """The ``GapConfig`` of ``gap_config_to_dict``'s data."""
 
+    def tuples(value):  # JSON has no tuples (batch_schedule nests them).
+        return tuple(tuples(v) for v in value) if isinstance(value, list) else value
+
     def train_config(item):
-        item = {key: tuple(value) if isinstance(value, list) else value
-                for key, value in item.items()}  # JSON has no tuples.
+        item = {key: tuples(value) for key, value in item.items()}
         if item.get("synthetic") is not None:
             spec = dict(item["synthetic"])
             spec["input_shape"] = tuple(spec["input_shape"])
