@@ -152,7 +152,8 @@ def define_optimization_flags() -> None:
     flags.DEFINE_integer("steps_per_call", 100,
                          "Training steps per compiled call (fewer Python round trips).")
     flags.DEFINE_bool("deterministic", True,
-                      "TensorFlow op determinism: reproducible runs and exact resumes.")
+                      "TensorFlow op determinism for the whole process, from startup: "
+                      "reproducible runs, exact resumes and measurements.")
     _validate("lb_fraction", lambda v: 0 < v <= 1,
               "--lb_fraction must be in (0, 1]; the paper's LB is 0.1")
     _validate("plateau_patience", lambda v: v >= 0,
@@ -401,8 +402,8 @@ def _route_python_logs(show_library_info: bool) -> None:
 
 def parse_flags(argv: list[str]) -> list[str]:
     """Parses ``argv`` into FLAGS; a bad flag is one stderr line and exit status 2. Then
-    applies --cpu_devices (before TensorFlow initialises devices), --quiet and the logging
-    policy (module docstring)."""
+    applies --cpu_devices (before TensorFlow initialises devices), --deterministic (op
+    determinism for the whole process), --quiet and the logging policy (module docstring)."""
     try:
         remaining = FLAGS(argv)
     except flags.Error as error:
@@ -415,6 +416,11 @@ def parse_flags(argv: list[str]) -> list[str]:
             distribute.split_cpu(FLAGS.cpu_devices)
         except ValueError as error:
             fail(error, EXIT_FLAG_ERROR)
+    if "deterministic" in FLAGS and FLAGS.deterministic:
+        # Process-wide from the start, not only once a run trains (train.train enables it
+        # too): a process that finds its runs trained by an earlier one (a resumed gap
+        # experiment, a figure reusing the gap runs) measures with the same kernels.
+        tf.config.experimental.enable_op_determinism()
     if "quiet" in FLAGS and FLAGS.quiet:
         logging.set_verbosity(logging.WARNING)
     _route_python_logs(show_library_info=logging.level_debug())
