@@ -17,9 +17,11 @@ processes on one output folder lose or duplicate nothing.
    ascent ...") with a delay drawn uniformly over the stage's duration in the reference, or,
    for a checkpoint write, from the file system: the kill follows the moment a new epoch
    reaches the run's history.csv, before the checkpoint of that epoch is saved and the epoch
-   is logged. Tables are targeted when sharpness.csv holds every measurement. The stage a
-   kill actually hit is classified from what the process had logged and written by then
-   (a kill that lands later than aimed counts for the later stage). After the targets, the
+   is logged. Tables are targeted when sharpness.csv holds every measurement. A process that
+   gets past its target stage without being killed (the stage was finished earlier, or too
+   short) is killed at once. The stage a kill actually hit is classified from what the
+   process had logged and written by then (a kill that lands later than aimed counts for the
+   later stage). After the targets, the
    command is rerun until it completes.
 3. Concurrency: two processes started at once into WORKDIR/concurrent; each must complete or
    end with the one-line error of the binaries' contract; then reruns until complete.
@@ -238,7 +240,10 @@ def kill_at(target: str, folder: str, rng: random.Random, seconds: dict, timeout
         now = time.monotonic()
         if fire_at is None:
             stage = process.stage()
-            if target == "startup":
+            passed = stage in STAGES and STAGES.index(stage) > STAGES.index(target)
+            if passed:
+                fire_at = now  # The target stage went by (done earlier or too short): kill.
+            elif target == "startup":
                 fire_at = process.started + rng.uniform(0.5, max(0.6, seconds["startup"]))
             elif target.startswith("checkpoint write"):
                 if stage == target:
