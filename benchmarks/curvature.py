@@ -145,14 +145,17 @@ def _measure(run, split, strategy, config, finished: set, context: dict) -> int:
     print(f"{run.run_id}: f {problem.loss:.4g}, |grad| {problem.gradient_norm:.3g}, gradient "
           f"pass {problem.gradient_cost.cpu_seconds:.2f} CPU s; one HVP in gradient passes: "
           f"{costs} -> {problem.hvp_method}", flush=True)
+    written = 0
     for measure in missing:
         result = problem.measure(measure, config)
         row = curvature_rows.curvature_row(
             result, problem, run.row, benchmark=BENCHMARK, subset_seed=subset_seed,
             strategy=context["strategy"], precision=run.config.precision,
             nondefault_flags=context["flags"])
-        if context["chief"]:
-            results.append_row(context["path"], row)
+        # Keyed: a process that measured the same thing meanwhile keeps its row, not both.
+        if context["chief"] and results.append_row(context["path"], row,
+                                                   key=curvature_rows.row_key):
+            written += 1
         error = "" if result.standard_error is None else f" ± {result.standard_error:.3g}"
         values = (" [" + ", ".join(f"{v:.4g}" for v in result.values) + "]"
                   if measure in ("top_eigenvalues",) else "")
@@ -160,7 +163,7 @@ def _measure(run, split, strategy, config, finished: set, context: dict) -> int:
               f"({result.hvps} HVPs, {result.gradient_evals} gradients, "
               f"{result.pass_equivalents:.1f} gradient passes of CPU time, "
               f"{result.seconds:.1f} s; {result.message})", flush=True)
-    return len(missing)
+    return written
 
 
 def _derive_density(path: str) -> None:

@@ -83,6 +83,8 @@ HELPSHORT = {
                        "--dataset", "--epsilons", "--strategy", "--output_dir", "--baseline"],
     "benchmarks.sharpness": ["--runs", "--epsilons", "--subspace_dims", "--solvers",
                              "--strategy", "--output_dir"],
+    "benchmarks.curvature": ["--runs", "--measures", "--k", "--trace_tol", "--trace_max_probes",
+                             "--rho", "--rho_l2", "--strategy", "--output_dir"],
     "benchmarks.train_throughput": ["--model", "--dataset", "--methods", "--strategy",
                                     "--output_dir"],
     "benchmarks.parametric": ["--model", "--dataset", "--alphas", "--paths", "--sb_batch_size",
