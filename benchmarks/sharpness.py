@@ -9,9 +9,11 @@ run directories; without it every completed run of ``<output_dir>/runs.csv`` is 
 each run, space (``full`` or a random subspace dimension p), solver and epsilon, the final
 model (``model.keras``) is evaluated on the run's training set (or a fixed subset of
 ``--eval_examples``, drawn from ``--seed``, which also draws the random subspaces) and one row
-goes to ``<output_dir>/sharpness.csv`` with the run's provenance. Measurements already in that
-file (same run, space, seed, epsilon, solver, iterations and evaluation data) are skipped, so
-a rerun resumes. Every run, data set and setting is checked before the first measurement: bad
+goes to ``<output_dir>/sharpness.csv`` with the run's provenance (``eval_seed``: the subset's
+seed). Measurements already in that file (same run, space, seed, epsilon, solver, iterations
+and evaluation data) are skipped, so a rerun resumes; one that another process on the same
+folder recorded while this one measured is not recorded twice (re-checked under the file's
+lock). Every run, data set and setting is checked before the first measurement: bad
 input ends in one stderr line and no row.
 """
 
@@ -184,6 +186,7 @@ def _train_split(config: train.TrainConfig, cache: dict) -> data.SplitData:
 def _measure(run: _Run, split: data.SplitData, strategy, finished: set, context: dict) -> int:
     """Measures what is missing for one run; returns the number of rows written."""
     examples, batch = _settings(run, split.info.num_examples)
+    eval_seed = sharpness_rows.subset_seed(examples, split.info.num_examples, FLAGS.seed)
     epsilons = [float(e) for e in dict.fromkeys(FLAGS.epsilons)]
     problem, written = None, 0
     for dim in _dims():
@@ -192,7 +195,7 @@ def _measure(run: _Run, split: data.SplitData, strategy, finished: set, context:
             missing = [eps for eps in epsilons if sharpness_rows.measurement_key(
                 run.run_id, subspace_dim=dim, subspace_seed=FLAGS.seed, epsilon=eps,
                 solver=solver, max_iter=FLAGS.max_iter, eval_examples=examples,
-                eval_batch_size=batch) not in finished]
+                eval_seed=eval_seed, eval_batch_size=batch) not in finished]
             label = f"{run.run_id}: {FULL if dim is None else f'p={dim}'}, {solver}"
             if not missing:
                 logging.info("%s: measured earlier, skipped", label)
@@ -207,9 +210,12 @@ def _measure(run: _Run, split: data.SplitData, strategy, finished: set, context:
                                           max_iter=FLAGS.max_iter, seed=FLAGS.seed):
                 row = sharpness_rows.sharpness_row(
                     result, run.row, benchmark=BENCHMARK, strategy=context["strategy"],
-                    precision=run.config.precision, nondefault_flags=context["flags"])
-                if context["chief"]:
-                    results.append_row(context["path"], row)
+                    precision=run.config.precision, eval_seed=eval_seed,
+                    nondefault_flags=context["flags"])
+                if context["chief"] and not sharpness_rows.append(context["path"], row):
+                    print(f"{label}, eps {result.epsilon:g}: recorded meanwhile by another "
+                          "process, not recorded twice", flush=True)
+                    continue
                 written += 1
                 print(f"{label}, eps {result.epsilon:g}: sharpness {result.value:.4g} "
                       f"(f {result.loss:.4g} -> {result.max_loss:.4g}, "

@@ -11,9 +11,12 @@ For each network and trial (seed ``first_seed + trial``):
 
 Every finished stage leaves a row: ``runs.csv`` per run, ``pairs.csv`` per pair,
 ``sharpness.csv`` per measurement. A rerun of the same experiment finds those rows and repeats
-no finished stage; an interrupted run resumes from its last checkpointed epoch. The tables are
-derived from the rows of this experiment only (``gap_id``), so experiments with other settings
-can share an output folder. The outcome carries the wall time of each stage (data, training,
+no finished stage (a pair is found by its ``gap_id`` too, so an experiment with another
+sharpness plan on the same runs records its own pair); a pair or measurement that another
+process recorded meanwhile is not appended twice (``results.append_row``'s key); an
+interrupted run resumes from its last checkpointed epoch. The tables are derived from the rows
+of this experiment only (``gap_id``), so experiments with other settings can share an output
+folder. The outcome carries the wall time of each stage (data, training,
 distances, sharpness, tables) of this invocation.
 
 Each stage is logged as "[gap k/N, E min elapsed, ETA ...]", the ETA costing the work left
@@ -282,8 +285,9 @@ class _Experiment:
         lb = self._run(dataclasses.replace(self.config.lb, model=model, seed=seed,
                                            x0_path=x0_path), train_data, test_data)
         pair = _Pair(sb, lb)
-        done = any(row["sb_run_id"] == sb.run_id and row["lb_run_id"] == lb.run_id
-                   for row in self.rows(PAIRS_FILE))
+        gap_id = self.config.gap_id(model)
+        done = any((row["gap_id"], row["sb_run_id"], row["lb_run_id"])
+                   == (gap_id, sb.run_id, lb.run_id) for row in self.rows(PAIRS_FILE))
         if done:
             self.progress.skip(f"{model} seed {seed}: pair recorded earlier, skipped")
             return pair
@@ -294,7 +298,7 @@ class _Experiment:
             lb_distance = trainable_distance(self._model(lb), x0)
         sb_test, lb_test = (float(run.row["test_accuracy"]) for run in (sb, lb))
         row = {
-            "gap_id": self.config.gap_id(model), "model": model,
+            "gap_id": gap_id, "model": model,
             "dataset": sb.config.dataset, "trial": trial, "seed": seed,
             "sb_run_id": sb.run_id, "lb_run_id": lb.run_id,
             "sb_train_accuracy": sb.row["train_accuracy"],
@@ -307,7 +311,8 @@ class _Experiment:
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
         if train.is_chief(self.strategy):
-            results.append_row(self.paths[PAIRS_FILE], row)
+            results.append_row(self.paths[PAIRS_FILE], row,
+                               key=lambda row: tuple(row[c] for c in tables.PAIR_KEY))
         return pair
 
     def _model(self, run: _Run) -> keras.Model:
@@ -340,6 +345,8 @@ class _Experiment:
         eval_examples = min(plan.eval_examples or train_data.info.num_examples,
                             train_data.info.num_examples)
         eval_batch = min(plan.eval_batch_size, eval_examples)
+        eval_seed = sharpness_rows.subset_seed(eval_examples, train_data.info.num_examples,
+                                               seed)
         wanted = {}
         for dim in plan.subspace_dims:
             for solver in plan.solvers:
@@ -347,7 +354,7 @@ class _Experiment:
                     eps: sharpness_rows.measurement_key(
                         run.run_id, subspace_dim=dim, subspace_seed=seed, epsilon=eps,
                         solver=solver, max_iter=plan.max_iter, eval_examples=eval_examples,
-                        eval_batch_size=eval_batch)
+                        eval_seed=eval_seed, eval_batch_size=eval_batch)
                     for eps in plan.epsilons}
         measured = {sharpness_rows.row_key(row): row for row in self.rows(SHARPNESS_FILE)}
         problem = None
@@ -380,9 +387,10 @@ class _Experiment:
                                           max_iter=plan.max_iter, seed=seed):
                 row = sharpness_rows.sharpness_row(
                     result, run.row, benchmark=BENCHMARK, strategy=self.description,
-                    precision=SHARPNESS_PRECISION, nondefault_flags=self.nondefault_flags)
+                    precision=SHARPNESS_PRECISION, eval_seed=eval_seed,
+                    nondefault_flags=self.nondefault_flags)
                 if train.is_chief(self.strategy):
-                    results.append_row(self.paths[SHARPNESS_FILE], row)
+                    sharpness_rows.append(self.paths[SHARPNESS_FILE], row)
             self.progress.end(stage)
         return {key for by_eps in wanted.values() for key in by_eps.values()}
 

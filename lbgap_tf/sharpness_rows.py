@@ -3,7 +3,14 @@
 One row is one ``SharpnessResult`` (one epsilon, space and solver on one trained run), joined
 with the training run's provenance so the row stands on its own in pandas. ``measurement_key``
 names a measurement independently of its outcome; a binary skips the measurements whose key
-is already in ``sharpness.csv``, which makes reruns resume instead of repeat.
+is already in ``sharpness.csv``, which makes reruns resume instead of repeat, and ``append``
+re-checks the key under the file's lock, so two processes that measured the same thing at
+once record it once.
+
+``eval_seed`` is the seed of the evaluation subset when f is evaluated on a subset of the
+training set (``eval_examples`` below the training set's size), blank when on all of it: it
+is part of the key, so a rerun with another seed measures on its own subset instead of
+skipping, and every row (full space included) says which subset it used.
 """
 
 from __future__ import annotations
@@ -22,31 +29,48 @@ SHARPNESS_COLUMNS = RUN_PROVENANCE + (
     "benchmark", "subspace", "subspace_dim", "subspace_seed", "epsilon", "solver", "max_iter",
     "sharpness", "loss", "max_loss", "gradient_norm", "iterations", "function_evals",
     "gradient_evals", "solver_message", "seconds", "num_weights", "eval_examples",
-    "eval_batch_size", "bn_mode", "strategy", "replicas", "device_kind", "precision",
+    "eval_seed", "eval_batch_size", "bn_mode", "strategy", "replicas", "device_kind", "precision",
     "tf_version", "keras_version", "git_revision", "finished_at", "nondefault_flags",
 )
 
 # What identifies a measurement (its settings, not its outcome).
 KEY_COLUMNS = ("run_id", "subspace", "subspace_dim", "subspace_seed", "epsilon", "solver",
-               "max_iter", "eval_examples", "eval_batch_size")
+               "max_iter", "eval_examples", "eval_seed", "eval_batch_size")
+
+
+def subset_seed(eval_examples: int, num_train: int, seed: int) -> int | None:
+    """The seed of the evaluation subset: ``seed`` when f is evaluated on ``eval_examples``
+    of the ``num_train`` training examples, None when on all of them."""
+    return None if eval_examples >= num_train else seed
 
 
 def measurement_key(run_id: str, *, subspace_dim: int | None, subspace_seed: int,
                     epsilon: float, solver: str, max_iter: int, eval_examples: int,
-                    eval_batch_size: int) -> tuple[str, ...]:
+                    eval_seed: int | None, eval_batch_size: int) -> tuple[str, ...]:
     """The key of a measurement in the string form CSV rows give back (see ``KEY_COLUMNS``).
 
-    The subspace seed only matters for a random subspace and is blank for the full space.
+    The subspace seed only matters for a random subspace and is blank for the full space;
+    ``eval_seed`` (see ``subset_seed``) is blank when f is evaluated on the whole training set.
     """
     subspace = "full" if subspace_dim is None else "random"
     return (run_id, subspace, "" if subspace_dim is None else str(subspace_dim),
             "" if subspace_dim is None else str(subspace_seed), repr(float(epsilon)), solver,
-            str(max_iter), str(eval_examples), str(eval_batch_size))
+            str(max_iter), str(eval_examples), "" if eval_seed is None else str(eval_seed),
+            str(eval_batch_size))
 
 
 def row_key(row: Mapping[str, str]) -> tuple[str, ...]:
-    """``measurement_key`` of a row read back from ``sharpness.csv``."""
-    return tuple(repr(float(row[c])) if c == "epsilon" else row[c] for c in KEY_COLUMNS)
+    """``measurement_key`` of a row read back from ``sharpness.csv`` (a column that a file of
+    an older layout lacks reads as blank)."""
+    return tuple(repr(float(row[c])) if c == "epsilon" else row.get(c, "")
+                 for c in KEY_COLUMNS)
+
+
+def append(path: str, row: Mapping[str, object]) -> bool:
+    """Appends a ``sharpness_row`` to ``path`` unless a row of the same ``row_key`` is there,
+    re-checked under the file's lock (``results.append_row``); returns whether it was
+    appended (False: another process recorded the same measurement meanwhile)."""
+    return results.append_row(path, row, key=row_key)
 
 
 def finished_keys(rows: Iterable[Mapping[str, str]]) -> set[tuple[str, ...]]:
@@ -55,12 +79,13 @@ def finished_keys(rows: Iterable[Mapping[str, str]]) -> set[tuple[str, ...]]:
 
 
 def sharpness_row(result: SharpnessResult, run_row: Mapping[str, object], *, benchmark: str,
-                  strategy: Mapping[str, object], precision: str, nondefault_flags: str = ""
-                  ) -> dict:
+                  strategy: Mapping[str, object], precision: str, eval_seed: int | None,
+                  nondefault_flags: str = "") -> dict:
     """The ``sharpness.csv`` row of ``result`` measured on the run ``run_row``.
 
     ``strategy`` describes where the measurement ran (``distribute.describe``), which may differ
-    from where the run was trained; ``precision`` is the model's dtype policy.
+    from where the run was trained; ``precision`` is the model's dtype policy; ``eval_seed``
+    the seed of the evaluation subset (None: the whole training set; see ``subset_seed``).
     """
     provenance = results.provenance()
     full = result.subspace_dim is None
@@ -84,6 +109,7 @@ def sharpness_row(result: SharpnessResult, run_row: Mapping[str, object], *, ben
         "seconds": round(result.seconds, 3),
         "num_weights": result.num_weights,
         "eval_examples": result.eval_examples,
+        "eval_seed": eval_seed,
         "eval_batch_size": result.eval_batch_size,
         "bn_mode": result.bn_mode,
         "strategy": strategy["strategy"],

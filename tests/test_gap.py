@@ -5,13 +5,14 @@ import csv
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 
-from lbgap_tf import data, gap, results, sharpness, train
+from lbgap_tf import data, gap, gate, results, sharpness, train
 from tests import binaries
 
 SPEC = data.SyntheticSpec(num_train=256, num_test=64, input_shape=(16,), num_classes=4,
@@ -54,6 +55,7 @@ def test_every_csv_with_its_columns(finished):
     assert len(measured) == 2 * 2 * 2  # Regimes x spaces x solvers, one epsilon.
     assert {row["subspace"] for row in measured} == {"full", "random"}
     assert {row["eval_examples"] for row in measured} == {"128"}
+    assert {row["eval_seed"] for row in measured} == {"3"}  # The subset of 128 of 256.
     assert all(float(row["sharpness"]) >= 0 for row in measured)
     table2 = _csv(os.path.join(output_dir, "table2.csv"))
     assert [row["model"] for row in table2] == ["F1"]
@@ -106,6 +108,38 @@ def test_rerun_repeats_no_finished_stage(finished, monkeypatch):
     for name, rows in before.items():
         assert _csv(os.path.join(output_dir, name)) == rows
     assert again.table2 == outcome.table2
+
+
+def test_two_experiments_in_one_folder_keep_their_own_pairs_and_tables(finished, tmp_path,
+                                                                       monkeypatch):
+    source, first = finished
+    output_dir = str(tmp_path / "shared")
+    shutil.copytree(source, output_dir)
+    # The same runs with another sharpness plan: a second experiment (another gap_id).
+    other = _config(subspace_dims=(None,), solvers=("ascent",))
+    assert other.gap_id("F1") != _config().gap_id("F1")
+
+    def fail(*args, **kwargs):
+        raise AssertionError("the second experiment retrained a run")
+
+    monkeypatch.setattr(train, "train", fail)
+    second = gap.run(other, output_dir=output_dir, quiet=True)
+    pairs = _csv(os.path.join(output_dir, gap.PAIRS_FILE))
+    assert [row["gap_id"] for row in pairs] == [_config().gap_id("F1"), other.gap_id("F1")]
+    assert pairs[0]["distance_ratio"] == pairs[1]["distance_ratio"]
+    [pair] = second.pair_rows
+    assert pair["gap_id"] == other.gap_id("F1")
+    assert second.table2 == first.table2 and second.table2[0]["trials"] == 1
+    # Its sharpness rows are the first experiment's full-space ascent measurements.
+    assert len(second.sharpness_rows) == 2 and len(first.sharpness_rows) == 8
+    assert [row["solver"] for row in second.table3] == ["ascent"] and second.table4 == []
+    assert _csv(os.path.join(output_dir, "table3.csv"))[0]["solver"] == "ascent"
+    path = tmp_path / "baseline.json"
+    path.write_text(json.dumps({"format": gate.FORMAT, "baselines": [{"setup": {}, "bounds": [
+        {"model": "F1", "metric": "test_gap", "min": -100, "max": 100}]}]}))
+    report = gate.check(str(path), second.run_rows, second.pair_rows, second.sharpness_rows,
+                        gate.setup_of(second.run_rows))
+    assert report.passed and len(report.checked) == 1, report.describe()
 
 
 def test_crash_between_stages_resumes_without_repeating(tmp_path, monkeypatch, caplog):

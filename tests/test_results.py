@@ -217,3 +217,18 @@ def test_mean_std_matches_numpy_sample_std():
     assert results.format_mean_std(98.031, 0.07) == "98.03 ± 0.07"
     with pytest.raises(results.ResultsError):
         results.mean_std([])
+
+
+def test_a_measurement_recorded_by_another_process_is_not_appended_twice(tmp_path):
+    from lbgap_tf import sharpness_rows
+
+    path = str(tmp_path / "sharpness.csv")
+    row = {column: "" for column in sharpness_rows.SHARPNESS_COLUMNS}
+    row.update(run_id="r", subspace="full", epsilon=0.001, solver="ascent", max_iter=10,
+               eval_examples=100, eval_seed=0, eval_batch_size=50, sharpness=1.5)
+    assert sharpness_rows.append(path, row)
+    # The same measurement with another outcome (a racing process) is refused ...
+    assert not sharpness_rows.append(path, dict(row, sharpness=2.5, epsilon="1e-3"))
+    # ... the same settings on another evaluation subset are a measurement of their own.
+    assert sharpness_rows.append(path, dict(row, eval_seed=1, sharpness=3.5))
+    assert [r["sharpness"] for r in results.read_rows(path)] == ["1.5", "3.5"]

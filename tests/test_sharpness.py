@@ -249,6 +249,32 @@ def test_tiny_model_matches_independent_computation(solver):
         np.testing.assert_array_equal(a, b)
 
 
+class _PeakAtZero(keras.layers.Layer):
+    """Logits [0, g(w)] with g(w) = sum(min(w, -w)) = -sum|w| and weights w = 0: the loss
+    log(1 + e^g) of label 0 is largest at w = 0, while TensorFlow's gradient of the minimum at
+    the tie (+1 per weight) points away from it, so the solvers do move."""
+
+    def build(self, input_shape):
+        self.w = self.add_weight(shape=(3,), initializer="zeros", name="w")
+
+    def call(self, inputs):
+        g = keras.ops.sum(keras.ops.minimum(self.w, -self.w))
+        zeros = keras.ops.zeros_like(inputs[:, 0])
+        return keras.ops.stack([zeros, zeros + g], axis=1)
+
+
+@pytest.mark.parametrize("solver", sharpness.SOLVERS)
+def test_box_maximum_at_the_centre_gives_exactly_zero(solver):
+    model = keras.Sequential([keras.Input((2,)), _PeakAtZero()])
+    features, labels = np.zeros((8, 2), np.float32), np.zeros(8, np.int64)
+    [result] = sharpness.sharpness(model, features, labels, epsilons=(1e-2,), solver=solver,
+                                   max_iter=5, eval_batch_size=8)
+    assert result.loss == pytest.approx(np.log(2.0), rel=1e-6)  # log(1 + e^0)
+    assert result.function_evals >= 2  # The solver evaluated points away from y = 0 ...
+    assert result.max_loss == result.loss and result.value == 0.0  # ... all of them lower.
+    np.testing.assert_array_equal(model.get_weights()[0], np.zeros(3, np.float32))
+
+
 def test_identity_subspace_equals_full_space_and_seed_reproducibility():
     model = ref.build_tiny_model(seed=6)
     x, y = ref.tiny_data(n=30, seed=7)

@@ -91,3 +91,31 @@ def test_bad_input_is_one_line_and_no_row_with_tensorflow_logging_on(trained, tm
     assert results.read_rows(out_dir / "sharpness.csv") == before
     assert not (empty / "sharpness.csv").exists()
     assert np.isfinite(float(run_row["train_loss"]))
+
+
+def test_full_space_rows_name_their_subset_and_another_seed_measures_again(trained, tmp_path):
+    out_dir, run_row = trained
+    run_dir = out_dir / "runs" / run_row["run_id"]
+    args = [f"--runs={run_dir}", f"--output_dir={tmp_path}", "--subspace_dims=full",
+            "--epsilons=1e-3", "--solvers=ascent", "--max_iter=2", "--eval_examples=48",
+            "--quiet"]
+    for seed in (0, 1):
+        code, out, err = binaries.run("benchmarks.sharpness", *args, f"--seed={seed}")
+        assert code == 0, err
+        assert "1 new sharpness row(s)" in out  # Seed 1 is not "measured earlier".
+    rows = results.read_rows(tmp_path / "sharpness.csv")
+    assert [(row["subspace"], row["subspace_seed"], row["eval_examples"], row["eval_seed"])
+            for row in rows] == [("full", "", "48", "0"), ("full", "", "48", "1")]
+    # Each row's f(x) is the mean cross-entropy on the 48 examples its eval_seed draws.
+    config = json.loads((run_dir / train.CONFIG_FILE).read_text())["config"]
+    split = data.load_split("synthetic", "train", flatten=True,
+                            synthetic=data.SyntheticSpec(**config["synthetic"]))
+    model = keras.models.load_model(run_dir / train.MODEL_FILE, compile=False)
+    for row in rows:
+        index = np.sort(np.random.default_rng(int(row["eval_seed"])).choice(
+            96, size=48, replace=False))
+        logits = np.asarray(model(split.features[index], training=False), np.float64)
+        shifted = logits - logits.max(axis=1, keepdims=True)
+        log_softmax = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+        loss = -log_softmax[np.arange(48), split.labels[index]].mean()
+        assert float(row["loss"]) == pytest.approx(loss, rel=1e-5)

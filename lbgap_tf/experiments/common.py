@@ -141,12 +141,14 @@ def measure_sharpness(load_model: Callable[[], keras.Model], run_row: Mapping[st
     num_train = train_data.info.num_examples
     eval_examples = min(plan.eval_examples or num_train, num_train)
     eval_batch = min(plan.eval_batch_size, eval_examples)
+    eval_seed = sharpness_rows.subset_seed(eval_examples, num_train, seed)
     run_id = str(run_row["run_id"])
 
     def key(dim, solver, eps):
         return sharpness_rows.measurement_key(
             run_id, subspace_dim=dim, subspace_seed=seed, epsilon=eps, solver=solver,
-            max_iter=plan.max_iter, eval_examples=eval_examples, eval_batch_size=eval_batch)
+            max_iter=plan.max_iter, eval_examples=eval_examples, eval_seed=eval_seed,
+            eval_batch_size=eval_batch)
 
     wanted = {key(dim, solver, eps) for dim in plan.subspace_dims for solver in plan.solvers
               for eps in plan.epsilons}
@@ -177,9 +179,10 @@ def measure_sharpness(load_model: Callable[[], keras.Model], run_row: Mapping[st
                                           max_iter=plan.max_iter, seed=seed):
                 row = sharpness_rows.sharpness_row(
                     result, run_row, benchmark=benchmark, strategy=description,
-                    precision=precision, nondefault_flags=nondefault_flags)
+                    precision=precision, eval_seed=eval_seed,
+                    nondefault_flags=nondefault_flags)
                 if train.is_chief(strategy):
-                    results.append_row(path, row)
+                    sharpness_rows.append(path, row)
     return [row for row in results.read_rows(path) if sharpness_rows.row_key(row) in wanted]
 
 

@@ -102,11 +102,12 @@ def _native_sharpness(outcome, experiment, strategy, train_data, directory, nond
         if run_row["precision"] == "float32":
             continue
         seed = int(run_row["seed"])
+        eval_seed = sharpness_rows.subset_seed(eval_examples, num_train, seed)
         for solver in plan.solvers:
             missing = [eps for eps in plan.epsilons if sharpness_rows.measurement_key(
                 run_row["run_id"], subspace_dim=None, subspace_seed=seed, epsilon=eps,
                 solver=solver, max_iter=plan.max_iter, eval_examples=eval_examples,
-                eval_batch_size=eval_batch) not in finished]
+                eval_seed=eval_seed, eval_batch_size=eval_batch) not in finished]
             if not missing:
                 continue
             with strategy.scope():
@@ -121,8 +122,9 @@ def _native_sharpness(outcome, experiment, strategy, train_data, directory, nond
                                           seed=seed):
                 row = sharpness_rows.sharpness_row(
                     result, run_row, benchmark="setups", strategy=distribute.describe(strategy),
-                    precision=run_row["precision"], nondefault_flags=nondefault_flags)
-                results.append_row(path, row)
+                    precision=run_row["precision"], eval_seed=eval_seed,
+                    nondefault_flags=nondefault_flags)
+                sharpness_rows.append(path, row)
 
 
 def run_setup(spec: dict, directory: str, *, strategy, isolation: str,
