@@ -435,14 +435,17 @@ def run(config: GapConfig, *, output_dir: str, strategy: tf.distribute.Strategy 
 
 def collect(output_dir: str, *, run_ids: Sequence[str], gap_ids: Sequence[str],
             sharpness_keys: set, wall_time_s: float) -> GapOutcome:
-    """This experiment's rows from the CSVs of ``output_dir`` and the tables derived from them."""
+    """This experiment's rows from the CSVs of ``output_dir`` (a row recorded twice counted
+    once) and the tables derived from them."""
     wanted_runs = set(run_ids)
     run_rows = [row for row in results.read_rows(os.path.join(output_dir, RUNS_FILE))
                 if row["run_id"] in wanted_runs]
-    pair_rows = [row for row in results.read_rows(os.path.join(output_dir, PAIRS_FILE))
-                 if row["gap_id"] in gap_ids and row["sb_run_id"] in wanted_runs]
-    measured = [row for row in results.read_rows(os.path.join(output_dir, SHARPNESS_FILE))
-                if sharpness_rows.row_key(row) in sharpness_keys]
+    pair_rows = tables.unique_pairs(
+        row for row in results.read_rows(os.path.join(output_dir, PAIRS_FILE))
+        if row["gap_id"] in gap_ids and row["sb_run_id"] in wanted_runs)
+    measured = tables.unique_measurements(
+        row for row in results.read_rows(os.path.join(output_dir, SHARPNESS_FILE))
+        if sharpness_rows.row_key(row) in sharpness_keys)
     return GapOutcome(
         run_rows=run_rows, pair_rows=pair_rows, sharpness_rows=measured,
         table2=tables.table2(run_rows, pair_rows),

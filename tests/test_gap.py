@@ -223,6 +223,19 @@ def test_binary_writes_a_baseline_passes_it_and_fails_a_tightened_one(tmp_path):
     assert binaries.error_message(failed.stderr, "gap.py").startswith(
         "regression gate failed: 1 bound(s) of")
 
+    # Another sharpness plan in the same folder against a baseline on another network: the
+    # new experiment records its own pair, and a gate that checked nothing fails.
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({"format": gate.FORMAT, "baselines": [{"name": "C1 only",
+        "bounds": [{"model": "C1", "metric": "test_gap", "min": -100}]}]}))
+    nothing = _binary(f"--baseline={other}", "--solvers=ascent", cwd=tmp_path)
+    assert nothing.returncode == 1, nothing.stderr[-2000:]
+    assert "regression gate: 0 bound(s) from C1 only: FAILED" in nothing.stdout
+    assert binaries.error_message(nothing.stderr, "gap.py").startswith(
+        "regression gate failed: no bound checked: none of the 1 bound(s) names a network of "
+        "these results (F1 on synthetic)")
+    assert len(results.read_rows(tmp_path / "out" / gap.PAIRS_FILE)) == 2
+
 
 def test_binary_rejects_a_malformed_baseline_before_training(tmp_path):
     bad = tmp_path / "bad.json"

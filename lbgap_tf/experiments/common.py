@@ -19,7 +19,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from lbgap_tf import data, distribute, results, sharpness, sharpness_rows, train
+from lbgap_tf import data, distribute, results, sharpness, sharpness_rows, tables, train
 
 RUNS_FILE = "runs.csv"
 SHARPNESS_FILE = "sharpness.csv"
@@ -135,7 +135,7 @@ def measure_sharpness(load_model: Callable[[], keras.Model], run_row: Mapping[st
     ``run_id`` keys the measurements, so a snapshot of a run (weights after epoch k) passes
     a row whose run id names the epoch. Measurements already in ``sharpness.csv`` are not
     repeated. ``seed`` draws the evaluation subset and the random subspaces. Returns the
-    rows of every measurement of the plan (earlier and new).
+    rows of every measurement of the plan (earlier and new), one per measurement.
     """
     path = os.path.join(output_dir, SHARPNESS_FILE)
     num_train = train_data.info.num_examples
@@ -183,7 +183,8 @@ def measure_sharpness(load_model: Callable[[], keras.Model], run_row: Mapping[st
                     nondefault_flags=nondefault_flags)
                 if train.is_chief(strategy):
                     sharpness_rows.append(path, row)
-    return [row for row in results.read_rows(path) if sharpness_rows.row_key(row) in wanted]
+    return tables.unique_measurements(
+        row for row in results.read_rows(path) if sharpness_rows.row_key(row) in wanted)
 
 
 def sharpness_steps(plan) -> int:
