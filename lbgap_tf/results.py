@@ -62,10 +62,15 @@ def _read_all(fd: int) -> bytes:
         offset += len(chunk)
 
 
-def _complete_records(data: bytes) -> tuple[list[list[str]], int]:
+def _complete_records(data: bytes, path: str) -> tuple[list[list[str]], int]:
     """The complete CSV records of ``data`` (blank lines dropped) and the number of bytes they
     span. A record is complete when its last line ends with a newline and its quotes are
-    closed; what follows the last complete record is the fragment of an interrupted write."""
+    closed; what follows the last complete record is the fragment of an interrupted write.
+
+    Raises:
+      ResultsError: ``data`` (the file ``path``) is malformed before its end, so it was not
+        written by ``append_row`` alone; nothing is cut off such a file.
+    """
     lines, start = [], 0
     while start < len(data):
         end = data.find(b"\n", start)
@@ -88,8 +93,11 @@ def _complete_records(data: bytes) -> tuple[list[list[str]], int]:
             complete = consumed
             if record:
                 records.append(record)
-    except csv.Error:  # An unclosed quote at the end: a fragment.
-        pass
+    except csv.Error as error:
+        if consumed < len(data) or "unexpected end of data" not in str(error):
+            raise ResultsError(f"{path} is not a CSV file of this suite ({error} near byte "
+                               f"{consumed}): move it away or repair it") from error
+        # Else an unclosed quote at the end: the fragment of an interrupted write.
     return records, complete
 
 
@@ -140,7 +148,7 @@ def append_row(path: str | os.PathLike, row: Mapping[str, object], *,
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         data = _read_all(fd)
-        records, complete = _complete_records(data)
+        records, complete = _complete_records(data, path)
         if complete < len(data):
             os.ftruncate(fd, complete)  # The fragment of a writer that died mid-write.
         if not records:
@@ -158,7 +166,7 @@ def append_row(path: str | os.PathLike, row: Mapping[str, object], *,
                 )
             payload = _encode([row[column] for column in header])
             if key is not None:
-                [written_back] = _complete_records(payload.encode("utf-8"))[0]
+                [written_back] = _complete_records(payload.encode("utf-8"), path)[0]
                 wanted = key(dict(zip(header, written_back, strict=True)))
                 if any(key(dict(zip(header, record, strict=False))) == wanted
                        for record in records[1:]):
@@ -184,7 +192,7 @@ def read_rows(path: str | os.PathLike) -> list[dict[str, str]]:
         raise ResultsError(f"cannot read results file {path}: {error.strerror}") from error
     try:
         fcntl.flock(fd, fcntl.LOCK_SH)
-        records, _ = _complete_records(_read_all(fd))
+        records, _ = _complete_records(_read_all(fd), path)
     finally:
         os.close(fd)
     if not records:

@@ -151,6 +151,17 @@ def test_a_write_cut_short_at_any_byte_leaves_no_partial_row(tmp_path):
                                           "loss": "1.5"}
 
 
+def test_a_file_malformed_before_its_end_is_an_error_not_a_fragment(tmp_path):
+    path = tmp_path / "runs.csv"
+    damaged = b'run_id,note,loss\na,"quoted"x,0.5\nb,plain,1.5\n'
+    path.write_bytes(damaged)
+    with pytest.raises(results.ResultsError, match="is not a CSV file of this suite"):
+        results.read_rows(path)
+    with pytest.raises(results.ResultsError, match="is not a CSV file of this suite"):
+        results.append_row(path, {"run_id": "c", "note": "n", "loss": 2})
+    assert path.read_bytes() == damaged  # Nothing cut off.
+
+
 _LIMITED_WRITER = textwrap.dedent(
     """
     import resource, sys
