@@ -69,7 +69,8 @@ flags.register_validator("solvers", lambda names: bool(names) and all(
 
 # The remedy flags of the shared group change SB and LB alike; here remedies are per LB run.
 _REMEDY_FLAGS = ("augment", "lr_scaling", "reference_batch", "warmup_epochs", "ghost_batch",
-                 "regime_adaptation", "batch_schedule")
+                 "regime_adaptation", "batch_schedule", "step_remedy", "conservative_lambda",
+                 "conservative_iterations", "adversarial_eps", "sam_rho", "asam_eta")
 
 
 def remedies_config() -> remedies.RemediesConfig:

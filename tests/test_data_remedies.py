@@ -153,6 +153,11 @@ def test_learning_rate_follows_the_scaling_rule_and_warm_up():
     targets = [lr] * 8 + [2 * lr] * 4 + [4 * lr] * 4
     expected = [lr + (t - lr) * min(1, (s + 1) / 12) for s, t in enumerate(targets)]
     np.testing.assert_allclose(rates, expected, rtol=1e-6)
+    # The conservative step's 3 optimizer updates per batch are one step of the schedule.
+    proximal = schedules.learning_rate(dataclasses.replace(
+        config, step_remedy="conservative", conservative_iterations=3), 256)
+    np.testing.assert_allclose([float(proximal(3 * s + 2)) for s in range(16)], expected,
+                               rtol=1e-6)
     sqrt = train.resolve(_config(lr_scaling="sqrt", reference_batch=16), 256, 1)
     assert float(schedules.learning_rate(sqrt, 256)(0)) == pytest.approx(lr * math.sqrt(4))
     assert schedules.learning_rate(train.resolve(_config(), 256, 1), 256) == lr

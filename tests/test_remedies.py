@@ -46,11 +46,17 @@ def test_grammar_parses_components_and_parameters():
     assert remedies.parse_remedy("grow:schedule=3@1024/6@6000").fields(context)[
         "batch_schedule"] == ((3, 1024), (6, 6000))
     assert remedies.parse_remedy("augment").retrains_sb
+    assert remedies.parse_remedy("asam:rho=0.5:eta=0.1").fields(context) == {
+        "step_remedy": "asam", "sam_rho": 0.5, "asam_eta": 0.1}
+    assert remedies.parse_remedy("conservative").fields(context) == {
+        "step_remedy": "conservative"}  # The TrainConfig defaults: lambda 1e-3, 3 iterations.
     for text, message in [("magic", "unknown remedy 'magic'"),
                           ("sqrt_lr:warm=2", "KEY one of: warmup"),
                           ("sqrt_lr:warmup", "KEY=VALUE"),
                           ("plain+sqrt_lr", "combines plain"),
-                          ("grow:schedule=3-1024", "EPOCH@BATCH")]:
+                          ("grow:schedule=3-1024", "EPOCH@BATCH"),
+                          ("sam+conservative", "combines step remedies"),
+                          ("sam:rho=-1", "must be a number >= 0")]:
         with pytest.raises(remedies.RemedyError, match=message):
             remedies.parse_remedy(text).fields(context)
     with pytest.raises(remedies.RemedyError, match="repeats an entry"):
@@ -60,12 +66,13 @@ def test_grammar_parses_components_and_parameters():
 
 
 def test_remedies_end_to_end_from_the_same_x0(tmp_path):
-    config = _config(["plain", "sqrt_lr:warmup=1+ghost_bn:ghost=32", "grow"])
+    config = _config(["plain", "sqrt_lr:warmup=1+ghost_bn:ghost=32+sam:rho=0.05", "grow"])
     out = str(tmp_path)
     outcome = remedies.run(config, output_dir=out, quiet=True)
     rows = outcome.remedy_rows
-    assert [row["remedy"] for row in rows] == ["plain", "sqrt_lr:warmup=1+ghost_bn:ghost=32",
-                                               "grow"]
+    assert [row["remedy"] for row in rows] == [
+        "plain", "sqrt_lr:warmup=1+ghost_bn:ghost=32+sam:rho=0.05", "grow"]
+    assert '"step_remedy":"sam"' in rows[1]["lb_settings"]
     runs = {row["run_id"]: row for row in results.read_rows(os.path.join(out, "runs.csv"))}
     assert len(runs) == 4  # SB, plain LB and two remedied LB runs.
     sb_id = rows[0]["sb_run_id"]
@@ -91,7 +98,7 @@ def test_remedies_end_to_end_from_the_same_x0(tmp_path):
     assert sorted(measured) == sorted(runs)
     table = remedies_table.table(rows, outcome.sharpness_rows, outcome.run_rows)
     assert [(line["run"], line["remedy"]) for line in table] == [
-        ("SB", ""), ("LB", "plain"), ("LB", "sqrt_lr:warmup=1+ghost_bn:ghost=32"),
+        ("SB", ""), ("LB", "plain"), ("LB", "sqrt_lr:warmup=1+ghost_bn:ghost=32+sam:rho=0.05"),
         ("LB", "grow")]
     sharp = {row["run_id"]: float(row["sharpness"]) for row in outcome.sharpness_rows}
     assert table[0]["sharpness_lbfgsb_eps0.001"] == pytest.approx(sharp[sb_id])

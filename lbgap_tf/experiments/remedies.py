@@ -31,8 +31,9 @@ The components (``COMPONENTS``) and what they set on the LB run:
   adversarial   FGSM inputs (Goodfellow et al.): ``eps``
   sam, asam     sharpness-aware minimization: ``rho`` (0.05); asam also ``eta``
 
-The step remedies (conservative, adversarial, sam, asam) are the training step's
-``TrainConfig.step_remedy`` and need a version of the suite that has it.
+The step remedies (conservative, adversarial, sam, asam) set the training step's
+``TrainConfig.step_remedy`` and its parameters (``lbgap_tf.train.remedies``); a remedy takes
+at most one of them.
 """
 
 from __future__ import annotations
@@ -194,9 +195,6 @@ def parse_remedy(text: str) -> Remedy:
             raise RemedyError(
                 f"unknown remedy {name!r} in {text!r}: choose from {', '.join(COMPONENTS)} "
                 "(join several with +, parameters as NAME:KEY=VALUE)")
-        if name in _STEP_COMPONENTS and not hasattr(train.TrainConfig, "step_remedy"):
-            raise RemedyError(f"remedy {name!r} needs the training-step remedies "
-                              "(TrainConfig.step_remedy), which this version lacks")
         params = []
         for assignment in assignments:
             key, sep, value = assignment.partition("=")
@@ -248,9 +246,9 @@ class RemediesConfig:
             raise RemedyError("the sb and lb settings must have regimes SB and LB")
         if self.sharpness.subspace_dims != (None,):
             raise RemedyError("the remedies table compares full-space sharpness only")
-        for name in train.config.REMEDY_DEFAULTS:
-            if getattr(self.sb, name) != train.config.REMEDY_DEFAULTS[name] or \
-                    getattr(self.lb, name) != train.config.REMEDY_DEFAULTS[name]:
+        plain = dict(train.config.REMEDY_DEFAULTS, step_remedy="none")
+        for name, off in plain.items():
+            if getattr(self.sb, name) != off or getattr(self.lb, name) != off:
                 raise RemedyError(f"the plain SB and LB settings must not set {name}: give "
                                   "remedies in the remedy list")
 

@@ -12,7 +12,9 @@ and data augmentation.
   ``learning_rate`` is the reference (SB) batch's rate. With ``warmup_epochs`` = w > 0 the
   rate rises linearly, update by update, from ``learning_rate`` to the scaled rate over the
   updates of the first w epochs (Goyal et al.'s gradual warm-up). The rate is a function of
-  the optimizer's update count (``optimizer.iterations``, checkpointed), so resumes are exact.
+  the optimizer's update count (``optimizer.iterations``, checkpointed), so resumes are exact;
+  a step that makes several optimizer updates per batch (conservative training) counts as one
+  training step.
 - Augmentation (``augment``, image networks only): Keras preprocessing layers applied to each
   training batch inside the training step: horizontal flips, rotations up to 10 degrees and
   translations up to 0.2 of the image size in each direction (reflected borders), drawn from
@@ -71,16 +73,20 @@ class EpochRate(keras.optimizers.schedules.LearningRateSchedule):
       epoch_rates: the scaled rate of each epoch (the last holds past the end).
       warmup_updates: 0 for none; W > 0: update s < W (0-based) uses
         ``base + (rate - base) * (s + 1) / W``.
+      updates_per_step: optimizer updates per training step (the conservative step makes
+        several); the schedule counts training steps, ``iterations // updates_per_step``.
     """
 
-    def __init__(self, base: float, epoch_ends, epoch_rates, warmup_updates: int = 0):
+    def __init__(self, base: float, epoch_ends, epoch_rates, warmup_updates: int = 0,
+                 updates_per_step: int = 1):
         self.base = float(base)
         self.epoch_ends = [int(v) for v in epoch_ends]
         self.epoch_rates = [float(v) for v in epoch_rates]
         self.warmup_updates = int(warmup_updates)
+        self.updates_per_step = int(updates_per_step)
 
     def __call__(self, step):
-        step = tf.cast(step, tf.int64)
+        step = tf.cast(step, tf.int64) // self.updates_per_step
         ends = tf.constant(self.epoch_ends, tf.int64)
         index = tf.minimum(tf.searchsorted(ends, tf.reshape(step, [1]), side="right")[0],
                            len(self.epoch_ends) - 1)
@@ -92,7 +98,8 @@ class EpochRate(keras.optimizers.schedules.LearningRateSchedule):
 
     def get_config(self):
         return {"base": self.base, "epoch_ends": self.epoch_ends,
-                "epoch_rates": self.epoch_rates, "warmup_updates": self.warmup_updates}
+                "epoch_rates": self.epoch_rates, "warmup_updates": self.warmup_updates,
+                "updates_per_step": self.updates_per_step}
 
 
 def learning_rate(config: TrainConfig, num_train: int):
@@ -105,7 +112,8 @@ def learning_rate(config: TrainConfig, num_train: int):
     ends = np.cumsum([steps for _, steps in batches])
     rates = [config.learning_rate * lr_factor(config, batch) for batch, _ in batches]
     warmup = int(ends[config.warmup_epochs - 1]) if config.warmup_epochs else 0
-    return EpochRate(config.learning_rate, ends, rates, warmup)
+    per_step = config.conservative_iterations if config.step_remedy == "conservative" else 1
+    return EpochRate(config.learning_rate, ends, rates, warmup, per_step)
 
 
 def make_augmenter(seed: int) -> keras.Sequential:
