@@ -267,8 +267,8 @@ def test_sam_on_a_bn_network_matches_numpy_and_updates_bn_statistics_once():
 
 @pytest.mark.parametrize("remedy", ["conservative", "adversarial", "sam", "asam"])
 def test_two_replicas_take_the_steps_of_one_device(remedy):
-    config = train.TrainConfig(step_remedy=remedy, conservative_lambda=0.5, sam_rho=0.2,
-                               adversarial_eps=0.1)
+    config = train.TrainConfig(step_remedy=remedy, conservative_lambda=0.5,
+                               conservative_iterations=2, sam_rho=0.2, adversarial_eps=0.1)
     x, y = ref.tiny_data(n=48)
     finals = []
     for strategy in (tf.distribute.get_strategy(), distribute.get_strategy("mirrored")):
@@ -287,8 +287,23 @@ def test_two_replicas_take_the_steps_of_one_device(remedy):
         finals.append((losses, [np.asarray(v) for v in model.variables],
                        int(np.asarray(optimizer.iterations))))
     (one_losses, one, one_iterations), (two_losses, two, two_iterations) = finals
-    assert one_iterations == two_iterations == 3 * (3 if remedy == "conservative" else 1)
+    assert one_iterations == two_iterations == 3 * (2 if remedy == "conservative" else 1)
     np.testing.assert_allclose(two_losses, one_losses, rtol=1e-5)
     for a, b in zip(two, one, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
     assert max(np.abs(a - s).max() for a, s in zip(one, start, strict=True)) > 0.05
+
+
+def test_a_training_run_takes_the_steps_of_its_remedy(tmp_path):
+    # The loop hands the config's rule to the steps: 2 conservative steps of 3 iterations each
+    # leave 6 optimizer iterations in the checkpoint, and the remedy names the run.
+    spec = data.SyntheticSpec(num_train=128, num_test=32, input_shape=(16,), num_classes=4)
+    config = train.TrainConfig(dataset="synthetic", synthetic=spec, batch_size=64, epochs=1,
+                               eval_batch_size=64, step_remedy="conservative")
+    result = train.train(config, *train.load_data(config), run_dir=str(tmp_path), quiet=True)
+    reader = tf.train.load_checkpoint(str(tmp_path / train.CHECKPOINT_DIR))
+    (iterations,) = [reader.get_tensor(name) for name in reader.get_variable_to_shape_map()
+                     if name.startswith("optimizer/_iterations/")]
+    assert result.history[0]["steps"] == 2 and int(iterations) == 6
+    assert train.run_id(result.config, result.strategy).startswith(
+        "F1-synthetic-SB-b64-s0-conservative-")
