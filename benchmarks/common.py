@@ -21,7 +21,8 @@ Error output, the contract every binary keeps (README, "Errors and logs"):
 - A binary that fails writes its error as exactly ONE line, ``PROGRAM: error: MESSAGE``
   (PROGRAM is the binary's file name, e.g. ``train.py``; MESSAGE names the problem and the
   fix), as the LAST line on stderr, exits with status 2 for a bad flag or 1 for a library
-  ``ValueError`` (``DataError``, ``TrainError``, ...), prints no traceback (``--verbosity=1``
+  ``ValueError`` (``DataError``, ``TrainError``, ...) or a file system error (``OSError``),
+  prints no traceback (``--verbosity=1``
   re-raises library errors with theirs) and writes no result.
 - Every other line on stderr is either TensorFlow's native log output or one of the binary's
   own log lines (absl format, ``[IWEF]MMDD HH:MM:SS.micros THREAD FILE.py:LINE] ...``)
@@ -428,8 +429,9 @@ def parse_flags(argv: list[str]) -> list[str]:
 
 
 def guard(main):
-    """``main`` with a library ``ValueError`` turned into one stderr line and exit status 1
-    (with ``--verbosity=1`` the error propagates with its traceback)."""
+    """``main`` with a library ``ValueError`` or a file system error (``OSError``: a folder
+    that cannot be created or written, a full disk) turned into one stderr line and exit
+    status 1 (with ``--verbosity=1`` the error propagates with its traceback)."""
 
     def guarded(argv):
         try:
@@ -438,6 +440,11 @@ def guard(main):
             if logging.level_debug():
                 raise
             fail(error, EXIT_RUN_ERROR)
+        except OSError as error:
+            if logging.level_debug():
+                raise
+            fail(f"cannot read or write a file ({error}): check the paths given, their "
+                 "permissions and the free space of --output_dir", EXIT_RUN_ERROR)
 
     return guarded
 

@@ -1,13 +1,15 @@
 """Training: loss falls, shared x0, replica-count invariance, stopping rules, resume."""
 
 import dataclasses
+import os
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from lbgap_tf import data, distribute, train
+from lbgap_tf import data, distribute, results, train
+from lbgap_tf.train import rundir
 
 SPEC = data.SyntheticSpec(num_train=256, num_test=64, input_shape=(16,), num_classes=4, seed=1)
 
@@ -95,11 +97,22 @@ def test_two_mirrored_replicas_follow_the_one_device_trajectory(replica_runs, bn
 
 
 def test_per_replica_bn_statistics_change_the_trajectory(replica_runs, splits, tmp_path):
-    _, synced = replica_runs["moving"]
+    _, synced = replica_runs["batch"]
     ghost = _run(dataclasses.replace(synced.config, bn_sync=False), splits, tmp_path,
                  distribute.get_strategy("mirrored"))
     assert train.run_record(ghost, run_id="g")["bn_sync"] is False
     assert abs(ghost.history[0]["train_loss"] - synced.history[0]["train_loss"]) > 1e-4
+
+
+def test_per_replica_moving_statistics_on_several_replicas_are_refused(splits, tmp_path):
+    # Each replica would keep its own moving statistics and model.keras replica 0's only.
+    config = _config(bn_mode="moving", bn_sync=False)
+    with pytest.raises(train.TrainError, match=r"--nobn_sync\) with --bn_mode=moving on 2 "):
+        _run(config, splits, tmp_path / "two", distribute.get_strategy("mirrored"))
+    assert not (tmp_path / "two").exists()
+    one = _run(dataclasses.replace(config, epochs=1), splits, tmp_path / "one",
+               tf.distribute.get_strategy())  # One replica: nothing to keep apart.
+    assert one.epochs_run == 1
 
 
 def test_batch_not_divisible_by_the_replicas_is_a_clear_error(splits, tmp_path):
@@ -141,6 +154,66 @@ def test_resume_after_an_interrupt_ends_with_the_uninterrupted_weights(tmp_path)
     again = _run(config, splits, tmp_path / "resumed", on_epoch_end=lambda *a: seen.append(0))
     assert seen == [3, 4] and again.epochs_run == 4
     assert again.test == resumed.test
+
+
+def test_a_moved_run_resumes_with_its_x0_spelled_another_way(splits, tmp_path, monkeypatch):
+    """An interrupted run whose x0 file is named by another path (relative, then absolute
+    after its folder moved) and whose steps_per_call changed resumes: what defines a run is
+    the x0's content and the fields that change results, not a path or a performance field;
+    the resumed run ends with the uninterrupted run's weights."""
+    old, new = tmp_path / "old", tmp_path / "new"
+    x0 = train.make_x0(_config(seed=5), splits[0].info)
+    (old / "x").mkdir(parents=True)
+    np.savez(old / "x" / "x0.npz", **{f"w{i:04d}": w for i, w in enumerate(x0)})
+    monkeypatch.chdir(old)
+    config = _config(epochs=3, x0_path="./x/x0.npz")
+    straight = _run(config, splits, old / "straight")
+
+    def stop_after_one(epoch, row):
+        if epoch == 1:
+            raise _Interrupt
+
+    with pytest.raises(_Interrupt):
+        _run(config, splits, old / "x" / "run", on_epoch_end=stop_after_one)
+    monkeypatch.chdir(tmp_path)
+    old.rename(new)
+    moved = dataclasses.replace(config, x0_path=str(new / "x" / "x0.npz"), steps_per_call=1)
+    description = distribute.describe(tf.distribute.get_strategy())
+    assert train.run_id(train.resolve(moved, 256, 1), description) == train.run_id(
+        train.resolve(dataclasses.replace(config, x0_path=moved.x0_path), 256, 1), description)
+    seen = []
+    resumed = _run(moved, splits, new / "x" / "run",
+                   on_epoch_end=lambda epoch, row: seen.append(epoch))
+    assert seen == [2, 3]  # Epoch 1 came from the checkpoint.
+    for a, b in zip(resumed.model.variables, straight.model.variables, strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    with pytest.raises(train.TrainError, match=r"differs in \['x0_path'\]"):
+        np.savez(tmp_path / "other.npz", **{f"w{i:04d}": w + 1 for i, w in enumerate(x0)})
+        _run(dataclasses.replace(moved, x0_path=str(tmp_path / "other.npz")), splits,
+             new / "x" / "run")
+
+
+def test_a_failed_history_rewrite_leaves_the_old_history(tmp_path, monkeypatch):
+    """Resuming after epoch 2 drops the rows of later epochs; the file is replaced
+    atomically, so a write that fails midway (here fsync: a full disk) keeps every row."""
+    path = tmp_path / train.HISTORY_FILE
+    for epoch in (1, 2, 3):
+        results.append_row(path, {"epoch": epoch, "train_loss": 1.0 / epoch,
+                                  "finished_at": "t"})
+    before = path.read_bytes()
+
+    def full_disk(fd):
+        raise OSError(28, "No space left on device")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(os, "fsync", full_disk)
+        with pytest.raises(OSError, match="No space left"):
+            rundir.restore_history(str(path), 2)
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == [train.HISTORY_FILE]  # No leftovers.
+    rows = rundir.restore_history(str(path), 2)
+    assert [row["train_loss"] for row in rows] == [1.0, 0.5]
+    assert path.read_text() == "epoch,train_loss,finished_at\n1,1.0,t\n2,0.5,t\n"
 
 
 def test_stop_reason_follows_the_plateau_rule():

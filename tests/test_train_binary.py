@@ -226,6 +226,28 @@ def test_an_unknown_model_on_the_command_line_is_one_line_without_traceback(tmp_
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("case", ["unwritable output folder", "batch not divisible",
+                                  "missing x0"])
+def test_bad_input_in_a_real_process_is_one_line_without_traceback(tmp_path, case):
+    """The real binary (not its main called in-process): one error line, exit status 1,
+    nothing written. /proc cannot hold a folder, not even for root."""
+    cases = {
+        "unwritable output folder": (["--output_dir=/proc/lbgap_x"], "/proc/lbgap_x",
+                                     "cannot create the run directory /proc/lbgap_x/runs/"),
+        "batch not divisible": (["--batch_size=63", "--strategy=mirrored", "--cpu_devices=2",
+                                 f"--output_dir={tmp_path / 'out'}"], tmp_path / "out",
+                                "not divisible by the 2 replicas"),
+        "missing x0": (["--x0=/nonexistent/x0.npz", f"--output_dir={tmp_path / 'out'}"],
+                       tmp_path / "out", "initial weights file /nonexistent/x0.npz does not "
+                                         "exist"),
+    }
+    args, out_dir, message = cases[case]
+    code, out, err = _run(*SMOKE, "--epochs=1", "--quiet", *args)
+    assert code == 1 and out == "", err
+    assert message in binaries.error_message(err, "train.py")
+    assert not os.path.exists(out_dir)
+
+
 def _free_ports(count):
     sockets = [socket.socket() for _ in range(count)]
     for s in sockets:

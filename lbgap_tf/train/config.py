@@ -10,7 +10,7 @@ applies the fixed-epochs or plateau rule to the losses of the epochs run so far.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -33,13 +33,22 @@ STEP_REMEDY_FIELDS = {
 STEP_REMEDIES = tuple(STEP_REMEDY_FIELDS)
 
 
+# Fields that change how a run is computed or what it keeps along the way, never what it
+# computes: recorded in config.json, but no part of the run's identity (its id, and the check
+# that a run directory holds this run), so changing one resumes or reuses the same run.
+# BUILD.md, "What defines a run", gives the reasons field by field.
+PERFORMANCE_FIELDS = ("steps_per_call", "deterministic", "snapshot_epochs")
+
+
 class TrainError(ValueError):
     """A training run cannot start or continue; the message names the problem and the fix."""
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    """Everything that defines one training run (and nothing about where files go).
+    """Everything about one training run (and nothing about where files go): the fields
+    that define it, and the few of ``PERFORMANCE_FIELDS`` that change only how it is
+    computed or what it keeps along the way.
 
     Attributes:
       model: network name, one of ``models.MODEL_NAMES``.
@@ -56,10 +65,15 @@ class TrainConfig:
       optimizer: "adam" (Keras defaults beta_1 0.9, beta_2 0.999, as the paper), "sgd" (with
         ``momentum``) or "adagrad". A fresh optimizer state starts every run.
       learning_rate: the optimizer's learning rate (1e-3, the Keras ADAM default).
+      adam_epsilon: ADAM's epsilon (added to sqrt(v) in the denominator of the update).
+        The default is Keras 3's 1e-7; the authors' Keras 1 used 1e-8, which every preset
+        sets (BUILD.md, "What defines a run"). Ignored by the other optimizers.
       momentum: SGD momentum (ignored by the other optimizers).
       bn_mode: "moving" (standard Keras BN) or "batch" (the authors' batch statistics at
         inference too; evaluation batch size then changes the result).
       bn_sync: synchronise BN statistics across replicas (the global batch's statistics).
+        False (per-replica, ghost-batch statistics) needs ``bn_mode="batch"`` on more than
+        one replica (``resolve``).
       precision: Keras dtype policy: "float32", "mixed_bfloat16" or "mixed_float16" (the
         latter with dynamic loss scaling).
       jit_compile: XLA-compile the training steps (single-replica strategies only).
@@ -106,6 +120,7 @@ class TrainConfig:
     plateau_tol: float = 1e-3
     optimizer: str = "adam"
     learning_rate: float = 1e-3
+    adam_epsilon: float = 1e-7
     momentum: float = 0.9
     bn_mode: str = "moving"
     bn_sync: bool = True
@@ -156,6 +171,9 @@ class TrainConfig:
                 f"lb_fraction must be in (0, 1], got {self.lb_fraction}: the paper's LB is 0.1")
         if not self.learning_rate > 0:
             raise TrainError(f"learning_rate must be positive, got {self.learning_rate}")
+        if not 0 < self.adam_epsilon < 1:
+            raise TrainError(f"adam_epsilon must be in (0, 1), got {self.adam_epsilon}: the "
+                             "authors' Keras 1 value is 1e-8, Keras 3's default 1e-7")
         if not self.plateau_tol >= 0:
             raise TrainError(f"plateau_tol must be >= 0, got {self.plateau_tol}")
         if not 0 <= self.momentum < 1:
@@ -263,7 +281,12 @@ def resolve(config: TrainConfig, num_train: int, replicas: int) -> TrainConfig:
       TrainError: the batch is larger than the training set, or not divisible by the
         number of replicas (every replica must take an equal slice of each global batch); a
         ``batch_schedule`` whose batches do not grow, exceed the training set or do not divide
-        among the replicas; a ``ghost_batch`` that does not divide every per-replica batch.
+        among the replicas; a ``ghost_batch`` that does not divide every per-replica batch;
+        or per-replica BN statistics (``bn_sync=False``) with moving-statistics BN on more
+        than one replica: each replica would keep moving statistics of its own (Keras
+        creates them unaggregated), evaluation would mix them and model.keras and the
+        checkpoint would keep replica 0's only, so a resumed or reloaded run would give
+        other numbers.
     """
     dataset = config.dataset or models.spec(config.model).dataset
     batch_size = config.batch_size
@@ -295,6 +318,12 @@ def resolve(config: TrainConfig, num_train: int, replicas: int) -> TrainConfig:
                     f"ghost batch {config.ghost_batch} does not divide the per-replica batch "
                     f"{batch // replicas} (global {batch} on {replicas} replicas): pass a "
                     "--ghost_batch that divides every per-replica batch")
+    if not config.bn_sync and config.bn_mode == "moving" and replicas > 1:
+        raise TrainError(
+            f"per-replica BN statistics (--nobn_sync) with --bn_mode=moving on {replicas} "
+            "replicas would keep different moving statistics on every replica and save only "
+            "the first's: use --bn_mode=batch for ghost-batch BN, keep --bn_sync, or train "
+            "on one replica")
     lr_scaling, warmup_epochs = config.lr_scaling, config.warmup_epochs
     if not config.batch_schedule and batch_size == config.reference_batch:
         lr_scaling, warmup_epochs = "none", 0  # The rule changes no rate: a plain run.
@@ -352,3 +381,14 @@ def config_dict(config: TrainConfig) -> dict:
     if config.step_remedy == "none":
         del values["step_remedy"]
     return values
+
+
+def defining_values(values: Mapping) -> dict:
+    """The fields of a config dict (``config_dict``, or the ``config`` of a config.json) that
+    define the run: all but ``PERFORMANCE_FIELDS``. A field the dict lacks (a config.json
+    written before the field existed) takes its default, the value such runs used."""
+    defined = {key: value for key, value in config_dict(TrainConfig()).items()
+               if key not in PERFORMANCE_FIELDS}
+    defined.update((key, value) for key, value in values.items()
+                   if key not in PERFORMANCE_FIELDS)
+    return defined

@@ -45,7 +45,7 @@ from lbgap_tf.train.rundir import (
 from lbgap_tf.train.schedules import batch_at, make_augmenter
 from lbgap_tf.train.steps import TrainSteps
 from lbgap_tf.train.tensorboard import EpochScalars
-from lbgap_tf.train.x0 import load_x0, make_x0, save_x0, set_weights, weights_digest
+from lbgap_tf.train.x0 import file_source, load_x0, make_x0, save_x0, set_weights, source_digest
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,7 +131,7 @@ def train(
     info = train_data.info
     if config.x0_path is not None:
         x0_arrays = load_x0(config.x0_path)
-        x0_source = f"{config.x0_path} (sha256 {weights_digest(x0_arrays)})"
+        x0_source = file_source(config.x0_path, x0_arrays)
     else:
         x0_arrays = None
         x0_source = f"seed {config.seed}"
@@ -139,7 +139,12 @@ def train(
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
     chief = is_chief(strategy)
-    os.makedirs(run_dir, exist_ok=True)
+    try:
+        os.makedirs(run_dir, exist_ok=True)
+    except OSError as error:
+        raise TrainError(
+            f"cannot create the run directory {run_dir} ({error.strerror or error}): pass an "
+            "--output_dir on a writable file system") from error
     with run_lock(run_dir, chief):
         return _train_locked(config, train_data, test_data, run_dir, strategy, chief, quiet,
                              on_epoch_end, info, x0_arrays, x0_source, checkpoint_every_s)
@@ -176,7 +181,7 @@ def _train_locked(config, train_data, test_data, run_dir, strategy, chief, quiet
     manager = tf.train.CheckpointManager(checkpoint, checkpoint_dir, max_to_keep=1)
 
     if chief:
-        check_same_run(run_dir, config)
+        check_same_run(run_dir, config, source_digest(x0_source))
         write_config(run_dir, config, description, x0_source)
         if not os.path.exists(os.path.join(run_dir, X0_FILE)):
             save_x0(model, os.path.join(run_dir, X0_FILE))

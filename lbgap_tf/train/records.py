@@ -6,17 +6,17 @@ from __future__ import annotations
 import time
 
 from lbgap_tf import results
-from lbgap_tf.train.config import TrainConfig, config_dict
+from lbgap_tf.train.config import TrainConfig, config_dict, defining_values
 from lbgap_tf.train.loop import TrainResult
 from lbgap_tf.train.x0 import load_x0, weights_digest
 
 
 def run_key(config: TrainConfig, strategy_description: dict) -> dict:
-    """What identifies a run: the resolved config, the strategy layout and the x0 source
-    (the x0 file's content digest when a file is given). Same key, same run directory.
-    Snapshots kept along the way do not change the run and are not part of the key."""
-    key = config_dict(config)
-    key.pop("snapshot_epochs", None)
+    """What identifies a run: the fields of the resolved config that define it
+    (``defining_values``: not the performance-only ones), the strategy layout and the x0
+    source (the x0 file's content digest when a file is given, so the spelling or place of
+    its path does not matter). Same key, same run directory."""
+    key = defining_values(config_dict(config))
     if config.x0_path is not None:
         key["x0_path"] = weights_digest(load_x0(config.x0_path))
     key["strategy"] = {k: strategy_description[k] for k in ("strategy", "replicas", "workers")}

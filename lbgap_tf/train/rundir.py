@@ -13,6 +13,7 @@ run: another configuration is refused, and a second process on the same run is l
 from __future__ import annotations
 
 import contextlib
+import csv
 import fcntl
 import json
 import os
@@ -21,7 +22,8 @@ import tempfile
 import tensorflow as tf
 
 from lbgap_tf import results
-from lbgap_tf.train.config import TrainConfig, TrainError, config_dict
+from lbgap_tf.train.config import TrainConfig, TrainError, config_dict, defining_values
+from lbgap_tf.train.x0 import source_digest
 
 HISTORY_FILE = "history.csv"
 X0_FILE = "x0.npz"
@@ -69,33 +71,63 @@ def process_paths(run_dir: str, strategy: tf.distribute.Strategy,
     return checkpoint_dir, os.path.join(checkpoint_dir, HISTORY_FILE)
 
 
-def check_same_run(run_dir: str, config: TrainConfig) -> None:
-    """Refuses a run directory that holds a run of another configuration."""
+def check_same_run(run_dir: str, config: TrainConfig, x0_digest: str | None) -> None:
+    """Refuses a run directory that holds a run of another configuration.
+
+    Compares what defines a run (``defining_values``), with the initial weights by content
+    (``x0_digest``: the digest of the x0 file, None for weights drawn from the seed), so an
+    x0 path spelled another way (./results/x, results/x, absolute) or a moved output folder
+    still resumes, and a changed performance-only field (steps_per_call, ...) too.
+    """
     path = os.path.join(run_dir, CONFIG_FILE)
     if not os.path.exists(path):
         return
     with open(path, encoding="utf-8") as handle:
-        stored = json.load(handle).get("config")
-    wanted = json.loads(json.dumps(config_dict(config), default=str))
-    if stored != wanted:
-        changed = sorted(key for key in wanted if stored is None or stored.get(key) != wanted[key])
+        stored = json.load(handle)
+    have = defining_values(stored.get("config") or {})
+    have["x0_path"] = source_digest(stored.get("x0"))
+    wanted = defining_values(json.loads(json.dumps(config_dict(config), default=str)))
+    wanted["x0_path"] = x0_digest
+    changed = sorted(key for key in wanted.keys() | have.keys()
+                     if have.get(key) != wanted.get(key))
+    if changed:
         raise TrainError(
             f"{run_dir} holds a run of another configuration (differs in {changed}): give "
             "this run its own directory")
 
 
 def restore_history(path: str, epoch: int) -> list[dict]:
-    """The history rows of epochs 1..epoch (rows past the checkpoint are dropped)."""
-    rows = [_typed(row) for row in results.read_rows(path) if int(row["epoch"]) <= epoch]
-    if [int(row["epoch"]) for row in rows] != list(range(1, epoch + 1)):
+    """The history rows of epochs 1..epoch; rows past the checkpoint are dropped from the
+    file, which is replaced atomically (``_replace_rows``)."""
+    stored = results.read_rows(path)
+    kept = [row for row in stored if int(row["epoch"]) <= epoch]
+    if [int(row["epoch"]) for row in kept] != list(range(1, epoch + 1)):
         raise TrainError(
             f"{path} does not hold epochs 1..{epoch} of the checkpointed run: delete the run "
             f"directory {os.path.dirname(path)} to train this run from scratch")
-    if len(rows) != len(results.read_rows(path)):
-        os.remove(path)
-        for row in rows:
-            results.append_row(path, row)
-    return rows
+    if len(kept) != len(stored):
+        _replace_rows(path, list(stored[0]), kept)
+    return [_typed(row) for row in kept]
+
+
+def _replace_rows(path: str, header: list[str], rows: list[dict]) -> None:
+    """Replaces the CSV file ``path`` by ``header`` and ``rows``: written to a temporary file
+    in the same folder, fsynced, then renamed over ``path``, so a crash or a failed write at
+    any moment leaves the old file or the new one, never a truncated history."""
+    directory = os.path.dirname(os.path.abspath(path))
+    with tempfile.NamedTemporaryFile("w", dir=directory, suffix=".csv", delete=False,
+                                     newline="", encoding="utf-8") as out:
+        try:
+            writer = csv.writer(out, lineterminator="\n")
+            writer.writerow(header)
+            writer.writerows([row[column] for column in header] for row in rows)
+            out.flush()
+            os.fsync(out.fileno())
+        except BaseException:
+            os.unlink(out.name)
+            raise
+    os.chmod(out.name, 0o644)
+    os.replace(out.name, path)
 
 
 def _typed(row: dict) -> dict:

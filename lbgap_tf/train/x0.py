@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import tempfile
 from collections.abc import Sequence
 
@@ -86,3 +87,19 @@ def weights_digest(arrays: Sequence[np.ndarray]) -> str:
         digest.update(str(array.shape).encode())
         digest.update(np.ascontiguousarray(array).tobytes())
     return digest.hexdigest()[:16]
+
+
+_SOURCE_DIGEST = re.compile(r" \(sha256 ([0-9a-f]{16})\)$")
+
+
+def file_source(path: str, arrays: Sequence[np.ndarray]) -> str:
+    """How config.json and the run's row name an x0 file: its path and content digest,
+    e.g. "runs/F1-.../x0.npz (sha256 0123456789abcdef)"."""
+    return f"{path} (sha256 {weights_digest(arrays)})"
+
+
+def source_digest(source: str | None) -> str | None:
+    """The content digest in an x0 source written by ``file_source``; None for weights
+    drawn from a seed ("seed 3") or a missing source."""
+    match = _SOURCE_DIGEST.search(source or "")
+    return match.group(1) if match else None
