@@ -138,6 +138,9 @@ def define_optimization_flags() -> None:
                       "adam (the paper's, beta_1 0.9, beta_2 0.999), sgd (with --momentum) or "
                       "adagrad.")
     flags.DEFINE_float("learning_rate", 1e-3, "Learning rate.")
+    flags.DEFINE_float("adam_epsilon", 1e-7,
+                       "ADAM's epsilon. Default: Keras 3's 1e-7; the authors' Keras 1 used "
+                       "1e-8, which every preset sets.")
     flags.DEFINE_float("momentum", 0.9, "SGD momentum.")
     flags.DEFINE_enum("bn_mode", "moving", models.BN_MODES,
                       "BN at inference: 'moving' averages (standard Keras) or 'batch' "
@@ -161,6 +164,7 @@ def define_optimization_flags() -> None:
               "--plateau_patience must be >= 0 (0 trains exactly --epochs)")
     _validate("plateau_tol", lambda v: v >= 0, "--plateau_tol must be >= 0")
     _validate("learning_rate", lambda v: v > 0, "--learning_rate must be positive")
+    _validate("adam_epsilon", lambda v: 0 < v < 1, "--adam_epsilon must be in (0, 1)")
     _validate("momentum", lambda v: 0 <= v < 1, "--momentum must be in [0, 1)")
     _validate("eval_batch_size", lambda v: v >= 1, "--eval_batch_size must be positive")
     _validate("steps_per_call", lambda v: v >= 1, "--steps_per_call must be positive")
@@ -305,7 +309,8 @@ def optimization_settings() -> dict:
     return dict(
         dataset=FLAGS.dataset, lb_fraction=FLAGS.lb_fraction,
         plateau_patience=FLAGS.plateau_patience, plateau_tol=FLAGS.plateau_tol,
-        optimizer=FLAGS.optimizer, learning_rate=FLAGS.learning_rate, momentum=FLAGS.momentum,
+        optimizer=FLAGS.optimizer, learning_rate=FLAGS.learning_rate,
+        adam_epsilon=FLAGS.adam_epsilon, momentum=FLAGS.momentum,
         bn_mode=FLAGS.bn_mode, bn_sync=FLAGS.bn_sync, precision=FLAGS.precision,
         jit_compile=FLAGS.jit_compile, seed=FLAGS.seed, deterministic=FLAGS.deterministic,
         eval_every_epoch=FLAGS.eval_every_epoch, eval_batch_size=FLAGS.eval_batch_size,

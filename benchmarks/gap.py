@@ -137,6 +137,13 @@ def main(argv):
     print(text)
     print(f"Tables: {', '.join(os.path.join(FLAGS.output_dir, f'table{k}.csv') for k in (2, 3, 4))}"
           f"; summary: {summary_path}")
+    if outcome.diverged:
+        common.fail(
+            f"{len(outcome.diverged)} run(s) diverged (training loss NaN or inf): "
+            + ", ".join(f"{row['run_id']} at epoch {row['epochs_run']}"
+                        for row in outcome.diverged)
+            + "; their trials have no pair or sharpness, so no baseline is written or "
+            "checked: lower --learning_rate", EXIT_GATE_FAILED)
     setup = gate.setup_of(outcome.run_rows)
     if FLAGS.write_baseline:
         name = FLAGS.baseline_name or (

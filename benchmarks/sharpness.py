@@ -5,7 +5,8 @@
         --subspace_dims=full,100 --solvers=lbfgsb,ascent --epsilons=1e-3,5e-4
 
 Runs come from ``benchmarks.train``: ``--runs`` names run ids (``<output_dir>/runs/<id>/``) or
-run directories; without it every completed run of ``<output_dir>/runs.csv`` is measured. For
+run directories; without it every completed run of ``<output_dir>/runs.csv`` is measured
+(a run that diverged is skipped with a warning, and refused when named). For
 each run, space (``full`` or a random subspace dimension p), solver and epsilon, the final
 model (``model.keras``) is evaluated on the run's training set (or a fixed subset of
 ``--eval_examples``, drawn from ``--seed``, which also draws the random subspaces) and one row
@@ -135,6 +136,13 @@ def _load_runs(strategy) -> list[_Run]:
             raise ValueError(f"run {name} is not a completed run: no row with run_id {run_id} in "
                              f"{csv_path}; pass a run id listed there or finish the run with "
                              "benchmarks.train")
+        if rows[0]["stop_reason"] == train.DIVERGED:
+            message = (f"run {run_id} diverged at epoch {rows[0]['epochs_run']} (training loss "
+                       "NaN or inf): its weights are no minimizer, so it has no sharpness")
+            if FLAGS.runs:
+                raise ValueError(f"{message}; drop it from --runs")
+            logging.warning("%s: skipped", message)
+            continue
         model_path = os.path.join(run_dir, train.MODEL_FILE)
         if not os.path.exists(model_path):
             raise ValueError(f"run {run_id} has no final model {model_path}: rerun its "
@@ -143,6 +151,8 @@ def _load_runs(strategy) -> list[_Run]:
         with strategy.scope():
             model = keras.models.load_model(model_path, compile=False)
         runs.append(_Run(run_id, run_dir, config, rows[0], model))
+    if not runs:
+        raise ValueError(f"every run in {runs_csv} diverged: nothing to measure")
     return runs
 
 

@@ -13,7 +13,8 @@ CPU-second of the process (``time.process_time``), a figure less sensitive to ot
 the machine (on an idle 2-core machine examples/s approach 2x examples per CPU-second).
 Methods:
 
-- ``fit``: ``model.fit`` with Keras defaults (shuffle, one step per call);
+- ``fit``: ``model.fit`` with Keras defaults (shuffle, one step per call), the same network
+  (BN mode, ``--precision``) and ADAM settings as ``train``;
 - ``fit_spe10``: ``model.fit`` with ``steps_per_execution=10``;
 - ``fit_jit``: ``model.fit`` with ``jit_compile=True``;
 - ``train``: ``lbgap_tf.train.train`` under ``--strategy`` (what ``benchmarks.train`` runs);
@@ -38,7 +39,8 @@ import tensorflow as tf
 from absl import flags
 
 from benchmarks import common
-from lbgap_tf import distribute, models, results, train
+from lbgap_tf import distribute, results, train
+from lbgap_tf.train.network import build_model
 
 FLAGS = flags.FLAGS
 METHODS = ("fit", "fit_spe10", "fit_jit", "train", "train_default", "train_jit")
@@ -71,9 +73,10 @@ def _fit_rates(method, config, train_data, batch_size):
     """Epoch rates of plain ``model.fit`` on the same arrays, and its startup time."""
     keras.utils.set_random_seed(config.seed)
     began = time.perf_counter()
-    model = models.build(config.model, input_shape=train_data.info.input_shape,
-                         num_classes=train_data.info.num_classes)
-    model.compile(optimizer=keras.optimizers.Adam(config.learning_rate),
+    model = build_model(config, train_data.info)  # Under --precision, as the train methods.
+    # Keras wraps the optimizer for loss scaling when the model computes in mixed_float16.
+    model.compile(optimizer=keras.optimizers.Adam(config.learning_rate,
+                                                  epsilon=config.adam_epsilon),
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                   metrics=["accuracy"], steps_per_execution=10 if method == "fit_spe10" else 1,
                   jit_compile=method == "fit_jit")

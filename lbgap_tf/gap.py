@@ -14,10 +14,12 @@ Every finished stage leaves a row: ``runs.csv`` per run, ``pairs.csv`` per pair,
 no finished stage (a pair is found by its ``gap_id`` too, so an experiment with another
 sharpness plan on the same runs records its own pair); a pair or measurement that another
 process recorded meanwhile is not appended twice (``results.append_row``'s key); an
-interrupted run resumes from its last checkpointed epoch. The tables are derived from the rows
-of this experiment only (``gap_id``), so experiments with other settings can share an output
-folder. The outcome carries the wall time of each stage (data, training,
-distances, sharpness, tables) of this invocation.
+interrupted run resumes from its last checkpointed epoch. A run whose training loss becomes
+NaN or inf stops as diverged (``train.DIVERGED``): its trial gets no pair row and no
+sharpness, and ``GapOutcome.diverged`` lists it (``benchmarks.gap`` then fails). The tables
+are derived from the rows of this experiment only (``gap_id``), so experiments with other
+settings can share an output folder. The outcome carries the wall time of each stage (data,
+training, distances, sharpness, tables) of this invocation.
 
 Each stage is logged as "[gap k/N, E min elapsed, ETA ...]", the ETA costing the work left
 (epochs per regime, measurements per space and solver) at the costs measured so far
@@ -43,6 +45,7 @@ from collections.abc import Sequence
 import keras
 import numpy as np
 import tensorflow as tf
+from absl import logging
 
 from lbgap_tf import data, distribute, results, sharpness, sharpness_rows, tables, train
 from lbgap_tf.experiments import progress
@@ -132,10 +135,12 @@ class GapConfig:
         return range(self.first_seed, self.first_seed + self.trials)
 
     def gap_id(self, model: str) -> str:
-        """Identifies the experiment's settings for one network (not its trial count)."""
-        key = {"sb": train.config_dict(dataclasses.replace(self.sb, model=model, seed=0)),
-               "lb": train.config_dict(dataclasses.replace(self.lb, model=model, seed=0)),
-               "sharpness": dataclasses.asdict(self.sharpness)}
+        """Identifies the experiment's settings for one network (not its trial count, nor
+        the training fields that define no run, ``train.PERFORMANCE_FIELDS``)."""
+        key = {regime: train.defining_values(train.config_dict(
+                   dataclasses.replace(settings, model=model, seed=0)))
+               for regime, settings in (("sb", self.sb), ("lb", self.lb))}
+        key.update({"sharpness": dataclasses.asdict(self.sharpness)})
         return results.new_run_id(key, prefix=f"{model}-")
 
 
@@ -151,6 +156,12 @@ class GapOutcome:
     table4: list[dict]
     wall_time_s: float
     stage_seconds: dict = dataclasses.field(default_factory=dict)  # STAGES -> seconds
+
+    @property
+    def diverged(self) -> list[dict]:
+        """Run rows of runs that diverged: their trials have no pair and no sharpness row,
+        and the experiment counts as failed."""
+        return [row for row in self.run_rows if row["stop_reason"] == train.DIVERGED]
 
 
 def trainable_distance(model: keras.Model, x0: Sequence[np.ndarray]) -> float:
@@ -237,6 +248,8 @@ class _Experiment:
             for trial, seed in enumerate(self.config.seeds):
                 pair = self._pair(model, trial, seed, train_data, test_data)
                 run_ids += [pair.sb.run_id, pair.lb.run_id]
+                if pair.diverged:
+                    continue
                 spaces = {}  # SB and LB of a trial share its random subspaces (one seed).
                 for run in (pair.sb, pair.lb):
                     with self.timed("sharpness"):
@@ -285,6 +298,13 @@ class _Experiment:
         lb = self._run(dataclasses.replace(self.config.lb, model=model, seed=seed,
                                            x0_path=x0_path), train_data, test_data)
         pair = _Pair(sb, lb)
+        for run in pair.diverged:
+            logging.warning(
+                "%s %s seed %d (%s) diverged at epoch %s: no pair row and no sharpness for "
+                "trial %d; the experiment fails (lower the learning rate)", model,
+                run.config.regime, seed, run.run_id, run.row["epochs_run"], trial)
+        if pair.diverged:
+            return pair
         gap_id = self.config.gap_id(model)
         done = any((row["gap_id"], row["sb_run_id"], row["lb_run_id"])
                    == (gap_id, sb.run_id, lb.run_id) for row in self.rows(PAIRS_FILE))
@@ -408,6 +428,11 @@ class _Run:
 class _Pair:
     sb: _Run
     lb: _Run
+
+    @property
+    def diverged(self) -> list[_Run]:
+        """The runs of the pair whose training loss became NaN or inf."""
+        return [run for run in (self.sb, self.lb) if run.row["stop_reason"] == train.DIVERGED]
 
 
 def run(config: GapConfig, *, output_dir: str, strategy: tf.distribute.Strategy | None = None,

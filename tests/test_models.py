@@ -3,6 +3,7 @@
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from lbgap_tf import models
 
@@ -111,15 +112,64 @@ def test_bn_mode_of():
     assert models.bn_mode_of(models.build("F1", input_shape=(3,))) == "moving"
 
 
-def test_batch_mode_model_survives_keras_save_and_load(tmp_path):
-    model = models.build("F1", input_shape=(4,), num_classes=2, bn_mode="batch")
+@pytest.mark.parametrize("bn_mode", models.BN_MODES)
+def test_a_model_survives_keras_save_and_load(tmp_path, bn_mode):
+    model = models.build("F1", input_shape=(4,), num_classes=2, bn_mode=bn_mode)
     path = tmp_path / "model.keras"
     model.save(path)
     loaded = keras.models.load_model(path)
-    assert models.bn_mode_of(loaded) == "batch"
+    assert models.bn_mode_of(loaded) == bn_mode
+    assert all(layer.synchronized for layer in loaded.layers
+               if isinstance(layer, models.ReplicaAwareBatchNormalization))
     x = np.random.default_rng(0).normal(size=(5, 4)).astype(np.float32)
     np.testing.assert_allclose(
         keras.ops.convert_to_numpy(loaded(x, training=False)),
         keras.ops.convert_to_numpy(model(x, training=False)),
         atol=1e-6,
     )
+
+
+def _normalised(x):
+    """(x - mean) / sqrt(var + eps) per column with two-pass float64 moments (gamma 1, beta 0)."""
+    x = x.astype(np.float64)
+    return (x - x.mean(0)) / np.sqrt(x.var(0) + 1e-3)
+
+
+def _columns(mean_to_std, size=512, seed=0):
+    """A float32 batch of 4 columns with std 1 and mean ``mean_to_std`` times 1..4."""
+    rng = np.random.default_rng(seed)
+    return (rng.normal(size=(size, 4)) + mean_to_std * np.arange(1, 5)).astype(np.float32)
+
+
+def test_synchronized_bn_on_one_replica_uses_the_two_pass_moments():
+    """At mean/std = 1000, E[x^2] - E[x]^2 in float32 loses most of the variance's digits
+    (ulp(1.6e7) = 1 against a variance of 1); the one-replica path keeps them."""
+    x = _columns(1000.0)
+    expected = _normalised(x)
+    ours = models.ReplicaAwareBatchNormalization(epsilon=1e-3, synchronized=True)
+    keras_sync = keras.layers.BatchNormalization(epsilon=1e-3, synchronized=True)
+    error = np.abs(keras.ops.convert_to_numpy(ours(x, training=True)) - expected).max()
+    before = np.abs(keras.ops.convert_to_numpy(keras_sync(x, training=True)) - expected).max()
+    assert error < 2e-3  # The subtraction x - mean in float32 (ulp(4000) = 5e-4) bounds it.
+    assert before > 10 * error, (before, error)
+
+
+def test_synchronized_bn_on_two_replicas_gives_the_one_replica_values():
+    """The global batch split over 2 mirrored replicas is normalised with the global batch's
+    statistics (Keras' synchronised moments), as on one replica (two-pass moments)."""
+    x = _columns(3.0, size=64, seed=1)
+    one = models.ReplicaAwareBatchNormalization(epsilon=1e-3, synchronized=True)
+    one_out = keras.ops.convert_to_numpy(one(x, training=True))
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    with strategy.scope():
+        two = models.ReplicaAwareBatchNormalization(epsilon=1e-3, synchronized=True)
+        two.build(x.shape)
+    halves = strategy.experimental_distribute_values_from_function(
+        lambda context: tf.constant(x[32 * context.replica_id_in_sync_group:][:32]))
+    outputs = strategy.run(tf.function(lambda part: two(part, training=True)), args=(halves,))
+    two_out = np.concatenate([np.asarray(o) for o in strategy.experimental_local_results(
+        outputs)])
+    np.testing.assert_allclose(two_out, one_out, rtol=0, atol=1e-4)  # E[x^2] rounding.
+    np.testing.assert_allclose(one_out, _normalised(x), rtol=0, atol=2e-5)
+    # Each replica alone has other statistics: the agreement is the synchronisation's.
+    assert np.abs(_normalised(x[:32]) - one_out[:32]).max() > 1e-2

@@ -47,21 +47,26 @@ def test_loss_falls_on_the_synthetic_task(splits, tmp_path):
     assert (tmp_path / "model.keras").exists() and (tmp_path / "history.csv").exists()
 
 
-def test_sb_and_lb_start_from_the_same_x0(splits, tmp_path):
+def test_lb_starts_from_the_x0_file_not_from_its_seed(splits, tmp_path):
+    """LB gets another seed than SB and a perturbed copy of SB's x0.npz: its initial weights
+    must be the file's values (neither its own seed's draw nor SB's)."""
     sb = _run(_config(regime="SB", epochs=1), splits, tmp_path / "sb")
-    x0_path = str(tmp_path / "sb" / train.X0_FILE)
-    lb = _run(_config(regime="LB", batch_size=None, epochs=1, x0_path=x0_path), splits,
+    drawn = train.load_x0(str(tmp_path / "sb" / train.X0_FILE))
+    rng = np.random.default_rng(7)
+    perturbed = [w + rng.normal(scale=0.1, size=w.shape).astype(w.dtype) for w in drawn]
+    x0_path = str(tmp_path / "perturbed.npz")
+    np.savez(x0_path, **{f"w{i:04d}": w for i, w in enumerate(perturbed)})
+    lb = _run(_config(regime="LB", batch_size=None, epochs=1, seed=1, x0_path=x0_path), splits,
               tmp_path / "lb")
     assert lb.config.batch_size == round(0.1 * SPEC.num_train)  # LB = 10% of the data.
-    seeded = train.make_x0(sb.config, splits[0].info)
-    for initial in (train.load_x0(x0_path), train.load_x0(str(tmp_path / "lb" / train.X0_FILE))):
-        assert len(initial) == len(seeded)
-        for a, b in zip(initial, seeded, strict=True):
-            np.testing.assert_array_equal(a, b)
+    started = train.load_x0(str(tmp_path / "lb" / train.X0_FILE))  # The model's weights.
+    assert len(started) == len(perturbed) == 32  # F1: 5 x (W, b, BN 4) + logits (W, b).
+    for a, b in zip(started, perturbed, strict=True):
+        np.testing.assert_array_equal(a, b)
     assert lb.x0.startswith(x0_path)
-    # Both trained away from x0, along different paths.
-    assert not np.array_equal(_weights(sb)[0], seeded[0])
-    assert not np.array_equal(_weights(sb)[0], _weights(lb)[0])
+    # Both trained away from their x0, along different paths.
+    assert not np.array_equal(_weights(sb)[0], drawn[0])
+    assert not np.array_equal(_weights(lb)[0], perturbed[0])
 
 
 @pytest.fixture(scope="module")
@@ -229,6 +234,26 @@ def test_stop_reason_follows_the_plateau_rule():
     assert train.stop_reason([1.0, 0.8, 0.75, 0.71], plateau) is None
     assert train.stop_reason([1.0] * 10, train.TrainConfig(epochs=10, plateau_patience=20)) \
         == "epochs"
+    for bad in (float("nan"), float("inf")):
+        assert train.stop_reason([1.0, bad], fixed) == "diverged"
+        assert train.stop_reason([1.0, 0.8, 0.75, bad], plateau) == "diverged"
+
+
+def test_a_diverging_run_stops_at_its_first_non_finite_epoch(splits, tmp_path):
+    config = _config(optimizer="sgd", learning_rate=1000.0, epochs=4)
+    seen = []
+    result = _run(config, splits, tmp_path, on_epoch_end=lambda epoch, row: seen.append(epoch))
+    losses = [row["train_loss"] for row in result.history]
+    assert result.stop_reason == "diverged" and result.epochs_run == len(losses) < 4
+    assert not np.isfinite(losses[-1]) and np.all(np.isfinite(losses[:-1]))
+    assert np.isnan([result.train.loss, result.train.accuracy, result.test.accuracy]).all()
+    row = train.run_record(result, run_id="d")
+    assert row["stop_reason"] == "diverged" and row["epochs_run"] == len(losses)
+    assert [row[c] for c in ("train_loss", "train_accuracy", "test_loss", "test_accuracy")] \
+        == [None] * 4  # Never a number: the weights were not evaluated.
+    again = _run(config, splits, tmp_path, on_epoch_end=lambda epoch, row: seen.append(epoch))
+    assert seen == list(range(1, len(losses) + 1))  # The rerun trained nothing.
+    assert again.stop_reason == "diverged" and again.epochs_run == len(losses)
 
 
 def test_plateau_stopping_is_recorded(splits, tmp_path):
@@ -307,3 +332,27 @@ def test_fused_adam_matches_keras_adam():
     moved = np.abs(np.asarray(reference) - start).max()
     assert moved > 0.1  # 25 steps of up to lr = 0.01 each.
     np.testing.assert_allclose(np.asarray(fused), np.asarray(reference), rtol=0, atol=1e-5)
+
+
+def test_adam_epsilon_reaches_the_optimizer_and_the_run_key(splits):
+    """One ADAM step computed by hand with eps = 1e-3, where sqrt(v) <= 3.2e-4 makes eps
+    dominate the denominator (the default 1e-7 would move the weights 4-7x further)."""
+    config = _config(adam_epsilon=1e-3, learning_rate=0.1)
+    gradient, start = np.array([0.01, -0.005], np.float32), np.array([1.0, 2.0], np.float32)
+    weight = keras.Variable(start)
+    optimizer = train.make_optimizer(config, SPEC.num_train)
+    optimizer.build([weight])
+    optimizer.apply_gradients([(tf.constant(gradient), weight)])
+    g = gradient.astype(np.float64)
+    m, v = 0.1 * g, 0.001 * g ** 2  # (1 - beta_1) g, (1 - beta_2) g^2 after one step.
+    alpha = 0.1 * np.sqrt(1 - 0.999) / (1 - 0.9)
+    expected = start - alpha * m / (np.sqrt(v) + 1e-3)
+    np.testing.assert_allclose(np.asarray(weight), expected, rtol=1e-6)
+    default_step = alpha * m / (np.sqrt(v) + 1e-7)
+    assert np.all(np.abs(default_step) > 3 * np.abs(expected - start))
+    description = distribute.describe(tf.distribute.get_strategy())
+    ids = {train.run_id(train.resolve(_config(adam_epsilon=eps), 256, 1), description)
+           for eps in (1e-7, 1e-8)}
+    assert len(ids) == 2
+    with pytest.raises(train.TrainError, match="adam_epsilon must be in"):
+        _config(adam_epsilon=0.0)

@@ -1,13 +1,14 @@
 """`python -m benchmarks.train`: run records, resume after a kill, bad input, two workers."""
 
+import glob
 import json
 import os
 import signal
 import socket
 import subprocess
 import sys
-import time
 
+import keras
 import numpy as np
 import pytest
 
@@ -54,29 +55,37 @@ def test_a_run_writes_one_complete_row_and_a_rerun_adds_none(tmp_path):
     assert len(results.read_rows(out_dir / "runs.csv")) == 1
 
 
-def test_a_killed_run_resumes_from_its_last_epoch(tmp_path):
-    out_dir = tmp_path / "out"
-    args = [*SMOKE, "--epochs=4", "--synthetic_train_examples=512", f"--output_dir={out_dir}"]
-    process = _start(*args)
-    deadline = time.monotonic() + 180
-    while not list(out_dir.glob("runs/*/checkpoints/checkpoint")):
-        assert process.poll() is None, process.communicate()[1][-3000:]
-        assert time.monotonic() < deadline, "no checkpoint appeared"
-        time.sleep(0.02)
-    process.send_signal(signal.SIGKILL)
-    process.wait(timeout=30)
-    assert not (out_dir / "runs.csv").exists()  # A killed run leaves no row.
-    (run_dir,) = out_dir.glob("runs/*")
-    killed_at = len(results.read_rows(run_dir / "history.csv"))
-    assert 1 <= killed_at < 4
+def test_a_killed_run_resumes_to_the_uninterrupted_weights(tmp_path):
+    """SIGKILL right after epoch 2's checkpoint (the binary's test hook), then the same command
+    again: the run resumes at epoch 3 and ends with the weights of an uninterrupted run."""
+    args = [*SMOKE, "--epochs=4", "--synthetic_train_examples=512", "--quiet"]
+    killed = _start(*args, f"--output_dir={tmp_path / 'out'}",
+                    env=binaries.environment(LBGAP_TEST_SIGKILL_AFTER_EPOCH="2"))
+    straight = _start(*args, f"--output_dir={tmp_path / 'straight'}")
+    code, _, err = binaries.finish(killed)
+    assert code == -signal.SIGKILL, err[-3000:]
+    assert not (tmp_path / "out" / "runs.csv").exists()  # A killed run leaves no row.
+    (run_dir,) = (tmp_path / "out").glob("runs/*")
+    assert [r["epoch"] for r in results.read_rows(run_dir / "history.csv")] == ["1", "2"]
 
-    code, _, err = _run(*args)
+    code, _, err = _run(*args, f"--output_dir={tmp_path / 'out'}")
     assert code == 0, err
-    assert "resuming" in err
     history = results.read_rows(run_dir / "history.csv")
     assert [int(r["epoch"]) for r in history] == [1, 2, 3, 4]
-    rows = results.read_rows(out_dir / "runs.csv")
+    rows = results.read_rows(tmp_path / "out" / "runs.csv")
     assert len(rows) == 1 and rows[0]["epochs_run"] == "4"
+    code, _, err = binaries.finish(straight)
+    assert code == 0, err
+    (straight_row,) = results.read_rows(tmp_path / "straight" / "runs.csv")
+    assert straight_row["run_id"] == rows[0]["run_id"]
+    straight_dir = tmp_path / "straight" / "runs" / straight_row["run_id"]
+    assert [r["train_loss"] for r in history] == [
+        r["train_loss"] for r in results.read_rows(straight_dir / "history.csv")]
+    resumed = keras.models.load_model(run_dir / train.MODEL_FILE, compile=False)
+    uninterrupted = keras.models.load_model(straight_dir / train.MODEL_FILE, compile=False)
+    assert len(resumed.weights) == 32
+    for a, b in zip(resumed.weights, uninterrupted.weights, strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=a.path)
 
 
 def _suite_modules():
@@ -175,7 +184,7 @@ for path in sorted(glob.glob("flags/train_*.flags") + glob.glob("flags/cpu/train
     common.parse_flags(["train.py", f"--flagfile={path}"])
     config = common.train_config()
     presets[path] = [config.model, config.dataset, config.regime, config.batch_size,
-                     config.bn_mode, config.epochs]
+                     config.bn_mode, config.epochs, config.adam_epsilon]
 print(json.dumps({"cases": cases, "presets": presets}))
 """
 
@@ -211,11 +220,29 @@ def test_every_train_preset_parses_into_its_config(driver_report):
              "C4": "cifar100"}
     for model, dataset in paper.items():
         for regime in ("sb", "lb"):
-            name, ds, label, batch, bn_mode, _ = report[f"flags/train_{model}_{regime}.flags"]
+            name, ds, label, batch, bn_mode, _, epsilon = report[
+                f"flags/train_{model}_{regime}.flags"]
             assert (name, ds, label, bn_mode) == (model, dataset, regime.upper(), "batch")
+            assert epsilon == 1e-8  # The authors' Keras 1 ADAM epsilon.
             assert batch == (256 if regime == "sb" else None)  # LB: 10% of the data.
     assert report["flags/cpu/train_F1_fmnist_sb.flags"][:4] == ["F1", "fashion_mnist", "SB", 256]
     assert report["flags/cpu/train_F1_fmnist_lb.flags"][:4] == ["F1", "fashion_mnist", "LB", None]
+    assert {values[-1] for values in report.values()} == {1e-8}
+
+
+def test_every_training_preset_sets_the_authors_adam_epsilon():
+    """Every preset of a binary that trains (train, gap, setups, figures: those that set the
+    stopping budget) sets ADAM's epsilon to the Keras 1 value 1e-8 (Keras 3's default is
+    1e-7); the sharpness presets train nothing."""
+    presets = sorted(glob.glob(os.path.join(binaries.REPO, "flags", "**", "*.flags"),
+                               recursive=True))
+    training = [path for path in presets if "sharpness" not in os.path.basename(path)]
+    assert len(training) == len(presets) - 2 >= 30
+    for path in training:
+        with open(path, encoding="utf-8") as handle:
+            lines = handle.read().splitlines()
+        assert any("epochs=" in line for line in lines), path  # A preset that trains.
+        assert lines.count("--adam_epsilon=1e-8") == 1, path
 
 
 def test_an_unknown_model_on_the_command_line_is_one_line_without_traceback(tmp_path):

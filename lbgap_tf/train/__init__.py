@@ -29,9 +29,11 @@ Modules, each with one job:
 """
 
 from lbgap_tf.train.config import (
+    DIVERGED,
     LR_SCALINGS,
     OPTIMIZERS,
     PAPER_LB_FRACTION,
+    PERFORMANCE_FIELDS,
     PRECISIONS,
     REGIMES,
     SB_BATCH_SIZE,
@@ -39,6 +41,7 @@ from lbgap_tf.train.config import (
     TrainConfig,
     TrainError,
     config_dict,
+    defining_values,
     resolve,
     stop_reason,
 )
@@ -60,10 +63,11 @@ from lbgap_tf.train.rundir import (
 from lbgap_tf.train.x0 import load_x0, make_x0, save_x0
 
 __all__ = [
-    "LR_SCALINGS", "CHECKPOINT_DIR", "CONFIG_FILE", "HISTORY_COLUMNS", "HISTORY_FILE", "MODEL_FILE",
-    "OPTIMIZERS", "PAPER_LB_FRACTION", "PRECISIONS", "REGIMES", "RUN_COLUMNS", "SB_BATCH_SIZE",
-    "SNAPSHOT_DIR", "STEP_REMEDIES", "X0_FILE", "FusedAdam", "TrainConfig", "TrainError",
-    "TrainResult", "config_dict", "epoch_permutation", "is_chief", "load_data", "load_x0",
+    "CHECKPOINT_DIR", "CONFIG_FILE", "DIVERGED", "HISTORY_COLUMNS", "HISTORY_FILE",
+    "LR_SCALINGS", "MODEL_FILE", "OPTIMIZERS", "PAPER_LB_FRACTION", "PERFORMANCE_FIELDS",
+    "PRECISIONS", "REGIMES", "RUN_COLUMNS", "SB_BATCH_SIZE", "SNAPSHOT_DIR", "STEP_REMEDIES",
+    "X0_FILE", "FusedAdam", "TrainConfig", "TrainError", "TrainResult", "config_dict",
+    "defining_values", "epoch_permutation", "is_chief", "load_data", "load_x0",
     "make_optimizer", "make_x0", "resolve", "run_id", "run_key", "run_record", "save_x0",
     "snapshot_path", "stop_reason", "train",
 ]

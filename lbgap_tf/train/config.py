@@ -19,6 +19,7 @@ from lbgap_tf import data, models
 OPTIMIZERS = ("adam", "sgd", "adagrad")
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 REGIMES = ("SB", "LB")
+DIVERGED = "diverged"  # The stop reason of a run whose training loss became NaN or inf.
 SB_BATCH_SIZE = 256  # The paper's small batch.
 PAPER_LB_FRACTION = 0.1  # The paper's large batch: 10% of the training set.
 # The remedies that change the training step (``lbgap_tf.train.remedies``) and the config
@@ -341,11 +342,15 @@ def resolve(config: TrainConfig, num_train: int, replicas: int) -> TrainConfig:
 def stop_reason(losses: Sequence[float], config: TrainConfig) -> str | None:
     """Why training stops after the epochs whose training losses are ``losses``, or None.
 
-    "plateau": ``plateau_patience`` consecutive epochs without a relative improvement of
-    more than ``plateau_tol`` over the best loss so far (the best moves only on such an
-    improvement, as in ``keras.callbacks.EarlyStopping``); "epochs": the fixed count (or the
-    cap, under plateau stopping) is reached.
+    "diverged": an epoch's training loss is not finite (NaN or inf; training stops at the
+    first such epoch, whose weights are no minimizer of anything). "plateau":
+    ``plateau_patience`` consecutive epochs without a relative improvement of more than
+    ``plateau_tol`` over the best loss so far (the best moves only on such an improvement,
+    as in ``keras.callbacks.EarlyStopping``); "epochs": the fixed count (or the cap, under
+    plateau stopping) is reached.
     """
+    if not np.all(np.isfinite(losses)):
+        return DIVERGED
     if config.plateau_patience and losses:
         best, flat = losses[0], 0
         for loss in losses[1:]:

@@ -15,6 +15,7 @@ checkpoint). The finished model is evaluated on the full training and test sets 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import time
 from collections.abc import Callable
@@ -25,7 +26,7 @@ import tensorflow as tf
 from absl import logging
 
 from lbgap_tf import data, distribute, evaluation, results
-from lbgap_tf.train.config import TrainConfig, TrainError, resolve, stop_reason
+from lbgap_tf.train.config import DIVERGED, TrainConfig, TrainError, resolve, stop_reason
 from lbgap_tf.train.inputs import epoch_permutation
 from lbgap_tf.train.network import build_model
 from lbgap_tf.train.optimizers import make_optimizer
@@ -53,8 +54,10 @@ class TrainResult:
     """The outcome of a finished run.
 
     ``train``/``test`` are full-set evaluations of the final weights (``model(x,
-    training=False)``, batch ``config.eval_batch_size``). ``wall_time_s`` sums the epochs'
-    training and per-epoch evaluation time over every session of a resumed run;
+    training=False)``, batch ``config.eval_batch_size``); NaN for a run that diverged
+    (``stop_reason`` "diverged", ``epochs_run`` the epoch whose loss was not finite).
+    ``wall_time_s`` sums the epochs' training and per-epoch evaluation time over every
+    session of a resumed run;
     ``examples_per_s`` is training examples over training-step time (startup excluded);
     ``startup_s`` is this session's build and compilation time.
     """
@@ -241,9 +244,18 @@ def _train_locked(config, train_data, test_data, run_dir, strategy, chief, quiet
 
     if scalars is not None:
         scalars.close()
-    if evaluators is None:
-        evaluators = _evaluators(model, train_data, test_data, config, strategy)
-    final_train, final_test = evaluators[0](), evaluators[1]()
+    if reason == DIVERGED:
+        # No evaluation: the accuracy of NaN weights (argmax of NaN logits) would look like
+        # a number.
+        logging.warning("%s %s diverged: the training loss of epoch %d is %s; training "
+                        "stopped there, nothing evaluated (lower the learning rate)",
+                        config.model, config.regime, done, history[-1]["train_loss"])
+        final_train = evaluation.EvalResult(math.nan, math.nan, train_data.info.num_examples)
+        final_test = evaluation.EvalResult(math.nan, math.nan, test_data.info.num_examples)
+    else:
+        if evaluators is None:
+            evaluators = _evaluators(model, train_data, test_data, config, strategy)
+        final_train, final_test = evaluators[0](), evaluators[1]()
     if chief:
         model.save(os.path.join(run_dir, MODEL_FILE))
     train_time = sum(row["epoch_time_s"] for row in history)
@@ -293,8 +305,6 @@ def _run_epoch(steps, config, epoch, train_data, log) -> dict:
     cpu = time.process_time() - cpu_began
     losses = np.concatenate(losses).astype(np.float64)
     examples = steps_per_epoch * batch
-    if not np.all(np.isfinite(losses)):
-        logging.warning("epoch %d: non-finite training loss; lower the learning rate", epoch)
     row = dict.fromkeys(HISTORY_COLUMNS)  # Evaluation columns stay empty here.
     row.update(
         epoch=epoch, train_loss=float(np.mean(losses)),

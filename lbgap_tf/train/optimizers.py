@@ -46,7 +46,7 @@ def make_optimizer(config: TrainConfig, num_train: int) -> keras.optimizers.Opti
     training set of ``num_train`` examples."""
     rate = schedules.learning_rate(config, num_train)
     if config.optimizer == "adam":
-        optimizer = FusedAdam(rate, beta_1=0.9, beta_2=0.999)
+        optimizer = FusedAdam(rate, beta_1=0.9, beta_2=0.999, epsilon=config.adam_epsilon)
     elif config.optimizer == "sgd":
         optimizer = keras.optimizers.SGD(rate, momentum=config.momentum)
     else:

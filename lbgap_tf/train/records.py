@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 
 from lbgap_tf import results
-from lbgap_tf.train.config import TrainConfig, config_dict, defining_values
+from lbgap_tf.train.config import DIVERGED, TrainConfig, config_dict, defining_values
 from lbgap_tf.train.loop import TrainResult
 from lbgap_tf.train.x0 import load_x0, weights_digest
 
@@ -46,8 +46,14 @@ RUN_COLUMNS = (
 
 def run_record(result: TrainResult, *, run_id: str, benchmark: str = "train",
                nondefault_flags: str = "") -> dict:
-    """The CSV row of a finished run (columns ``RUN_COLUMNS``; accuracies in [0, 1])."""
+    """The CSV row of a finished run (columns ``RUN_COLUMNS``; accuracies in [0, 1]).
+
+    A diverged run (``stop_reason`` "diverged", ``epochs_run`` the epoch whose training loss
+    was not finite, ``last_epoch_train_loss`` that loss) has empty losses and accuracies: it
+    was not evaluated, and no table may take a NaN for a number.
+    """
     config = result.config
+    evaluated = result.stop_reason != DIVERGED
     provenance = results.provenance()
     row = {
         "run_id": run_id,
@@ -74,10 +80,10 @@ def run_record(result: TrainResult, *, run_id: str, benchmark: str = "train",
         "stop_rule": config.stop_rule,
         "epochs_run": result.epochs_run,
         "stop_reason": result.stop_reason,
-        "train_loss": result.train.loss,
-        "train_accuracy": result.train.accuracy,
-        "test_loss": result.test.loss,
-        "test_accuracy": result.test.accuracy,
+        "train_loss": result.train.loss if evaluated else None,
+        "train_accuracy": result.train.accuracy if evaluated else None,
+        "test_loss": result.test.loss if evaluated else None,
+        "test_accuracy": result.test.accuracy if evaluated else None,
         "last_epoch_train_loss": result.history[-1]["train_loss"],
         "num_train": result.num_train,
         "num_test": result.num_test,
