@@ -147,7 +147,8 @@ def define_optimization_flags() -> None:
                       "statistics (the authors' Keras 1 mode=2).")
     flags.DEFINE_bool("bn_sync", True,
                       "Synchronise BN statistics across replicas (the global batch's); "
-                      "--nobn_sync gives per-replica (ghost batch) statistics.")
+                      "--nobn_sync gives per-replica (ghost batch) statistics, on several "
+                      "replicas with --bn_mode=batch only.")
     flags.DEFINE_bool("eval_every_epoch", False,
                       "Evaluate on the full training and test sets after every epoch.")
     flags.DEFINE_integer("eval_batch_size", 5000,

@@ -30,8 +30,9 @@ trials must). A bound on a network that was not run is skipped and listed; a bou
 measurement is missing for a network that was run is a violation.
 
 A gate that checked nothing fails, never passes: when no bound names a network of the results,
-when a network has run rows but no SB/LB pair row (e.g. the pairs of other settings), or when
-no baseline of the file matches the setup (``GateError``). A ratio with an operand that is 0
+when a network has run rows but no SB/LB pair row (e.g. the pairs of other settings), when a
+run diverged (its trial has no pair), or when no baseline of the file matches the setup
+(``GateError``). A ratio with an operand that is 0
 or not finite (LB and SB sharpness both 0: a solver stuck at y = 0, the false flat minimum) is
 undefined and satisfies no bound; the report names the operand. Repeated rows count once
 (``tables.unique_pairs``, ``tables.unique_measurements``), as in the tables.
@@ -56,6 +57,7 @@ _NEEDS_SPACE = ("sharpness", "sharpness_ratio")
 _BOUND_KEYS = {"model", "dataset", "metric", "regime", "subspace", "subspace_dim", "solver",
                "epsilon", "min", "max", "over"}
 SETUP_KEYS = ("device_kind", "precision", "tf_version")
+DIVERGED = "diverged"  # train.DIVERGED: the stop reason of a run whose loss became NaN/inf.
 
 
 class GateError(ValueError):
@@ -272,6 +274,9 @@ def check(baseline_path: str, run_rows: list[dict], pair_rows: list[dict],
     failures = [f"{model} on {dataset}: {run_networks[(model, dataset)]} run row(s) but no "
                 "SB/LB pair row, so none of its bounds can be checked (were the pairs "
                 "recorded for other settings?)" for model, dataset in unpaired]
+    failures += [f"run {row['run_id']} ({row['model']} {row.get('regime', '')}) diverged at "
+                 f"epoch {row.get('epochs_run', '?')}: its trial has no pair and no sharpness"
+                 for row in run_rows if row.get("stop_reason") == DIVERGED]
     checked, violations, skipped = [], [], []
     for baseline in baselines:
         for bound in baseline["bounds"]:

@@ -187,6 +187,44 @@ def test_crash_between_stages_resumes_without_repeating(tmp_path, monkeypatch, c
     assert len(set(keys)) == len(keys)
 
 
+def test_lb_trains_from_the_x0_file_and_its_distance_is_measured_from_it(tmp_path,
+                                                                        monkeypatch):
+    """A crash before LB, then SB's x0.npz perturbed: LB (whose seed draws SB's x0) must start
+    from the file's values, and the pair's LB distance is measured from them."""
+    output_dir = str(tmp_path)
+    config = _config(subspace_dims=(None,), solvers=("ascent",))
+    real_train = train.train
+
+    def crash_before_lb(run_config, *args, **kwargs):
+        if run_config.regime == "LB":
+            raise KeyboardInterrupt("killed")
+        return real_train(run_config, *args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(train, "train", crash_before_lb)
+        with pytest.raises(KeyboardInterrupt):
+            gap.run(config, output_dir=output_dir, quiet=True)
+    (sb_row,) = results.read_rows(os.path.join(output_dir, gap.RUNS_FILE))
+    x0_path = os.path.join(output_dir, "runs", sb_row["run_id"], train.X0_FILE)
+    rng = np.random.default_rng(11)
+    perturbed = [w + rng.normal(scale=0.05, size=w.shape).astype(w.dtype)
+                 for w in train.load_x0(x0_path)]
+    np.savez(x0_path, **{f"w{i:04d}": w for i, w in enumerate(perturbed)})
+
+    [pair] = gap.run(config, output_dir=output_dir, quiet=True).pair_rows
+    lb_dir = os.path.join(output_dir, "runs", pair["lb_run_id"])
+    for started, expected in zip(train.load_x0(os.path.join(lb_dir, train.X0_FILE)), perturbed,
+                                 strict=True):
+        np.testing.assert_array_equal(started, expected)
+    import keras
+
+    model = keras.models.load_model(os.path.join(lb_dir, train.MODEL_FILE), compile=False)
+    distance = np.sqrt(sum(np.sum((np.asarray(w, np.float64) - start) ** 2)
+                           for w, start in zip(model.weights, perturbed, strict=True)
+                           if w.trainable))
+    assert float(pair["lb_distance"]) == pytest.approx(distance, rel=1e-6)
+
+
 def _binary(*args, cwd, env=None):
     return subprocess.run(
         [sys.executable, "-m", "benchmarks.gap", "--models=F1", "--dataset=synthetic",
@@ -245,3 +283,32 @@ def test_binary_rejects_a_malformed_baseline_before_training(tmp_path):
     assert result.returncode == 1
     assert binaries.error_message(result.stderr, "gap.py").startswith("baseline file")
     assert not os.path.exists(tmp_path / "out" / gap.RUNS_FILE)
+
+
+def test_a_diverged_run_fails_the_binary_and_is_never_paired_or_measured(tmp_path):
+    """SGD at learning rate 1000: both runs stop as diverged at their first non-finite epoch;
+    the gap binary writes no pair or sharpness row and exits 1 before any gate; the
+    sharpness binary refuses the run by name."""
+    diverged = _binary("--optimizer=sgd", "--learning_rate=1000", "--sb_epochs=3",
+                       "--lb_epochs=3", cwd=tmp_path)
+    assert diverged.returncode == 1, diverged.stderr[-3000:]
+    message = binaries.error_message(diverged.stderr, "gap.py", only_own_line=False)
+    assert message.startswith("2 run(s) diverged (training loss NaN or inf): F1-synthetic-SB")
+    rows = results.read_rows(tmp_path / "out" / gap.RUNS_FILE)
+    assert [row["stop_reason"] for row in rows] == ["diverged", "diverged"]
+    for row in rows:
+        assert f"{row['run_id']} at epoch {row['epochs_run']}" in message
+        assert int(row["epochs_run"]) < 3 and row["test_accuracy"] == ""
+    for name in (gap.PAIRS_FILE, gap.SHARPNESS_FILE):
+        assert not results.read_rows(tmp_path / "out" / name), name
+    assert "nan" not in (tmp_path / "out" / "table2.csv").read_text().lower()
+
+    refused = subprocess.run(
+        [sys.executable, "-m", "benchmarks.sharpness", f"--output_dir={tmp_path / 'out'}",
+         f"--runs={rows[1]['run_id']}", "--quiet"], cwd=binaries.REPO,
+        env=binaries.environment(), capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 1
+    assert binaries.error_message(refused.stderr, "sharpness.py") == (
+        f"run {rows[1]['run_id']} diverged at epoch {rows[1]['epochs_run']} (training loss "
+        "NaN or inf): its weights are no minimizer, so it has no sharpness; drop it from --runs")
+    assert not os.path.exists(tmp_path / "out" / gap.SHARPNESS_FILE)

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from lbgap_tf import gate
+from lbgap_tf import gate, train
 from tests.gap_rows import make_rows
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -160,6 +160,21 @@ def test_a_network_with_runs_but_no_pairs_fails(tmp_path, rows):
         "F1 test_gap >= -100: not measured (no SB/LB pair row)"]
     assert report.reason("b.json").startswith(
         "1 bound(s) of b.json violated; F1 on fashion_mnist: 4 run row(s) but no SB/LB pair")
+
+
+def test_a_diverged_run_fails_the_gate_though_its_other_trials_pass(tmp_path, rows):
+    runs, pairs, sharp = rows
+    path = _write(tmp_path, [{"model": "F1", "metric": "test_gap", "min": -100}])
+    assert gate.check(path, runs, pairs, sharp, SETUP).passed
+    diverged = {"run_id": "F1-LB-2", "model": "F1", "dataset": "fashion_mnist", "regime": "LB",
+                "stop_reason": "diverged", "epochs_run": "3", "train_accuracy": "",
+                "test_accuracy": "", "device_kind": "CPU: Test CPU", "precision": "float32",
+                "tf_version": "2.21.0"}
+    report = gate.check(path, [*runs, diverged], pairs, sharp, SETUP)
+    assert not report.passed and not report.violations
+    assert report.failures == ("run F1-LB-2 (F1 LB) diverged at epoch 3: its trial has no "
+                               "pair and no sharpness",)
+    assert gate.DIVERGED == train.DIVERGED  # The gate reads the rows train writes.
 
 
 def test_a_ratio_with_a_zero_operand_satisfies_no_bound_and_names_it(tmp_path):

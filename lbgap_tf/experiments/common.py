@@ -135,8 +135,13 @@ def measure_sharpness(load_model: Callable[[], keras.Model], run_row: Mapping[st
     ``run_id`` keys the measurements, so a snapshot of a run (weights after epoch k) passes
     a row whose run id names the epoch. Measurements already in ``sharpness.csv`` are not
     repeated. ``seed`` draws the evaluation subset and the random subspaces. Returns the
-    rows of every measurement of the plan (earlier and new), one per measurement.
+    rows of every measurement of the plan (earlier and new), one per measurement; none, with
+    a warning, for a run that diverged (its weights are no minimizer).
     """
+    if run_row.get("stop_reason") == train.DIVERGED:
+        logging.warning("%s diverged at epoch %s (training loss NaN or inf): no sharpness "
+                        "measured, no point for it", run_row["run_id"], run_row["epochs_run"])
+        return []
     path = os.path.join(output_dir, SHARPNESS_FILE)
     num_train = train_data.info.num_examples
     eval_examples = min(plan.eval_examples or num_train, num_train)
