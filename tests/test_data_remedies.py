@@ -95,12 +95,13 @@ def test_ghost_bn_models_save_and_use_batch_statistics_in_batch_mode(tmp_path):
 
 
 def test_remedy_fields_stay_out_of_plain_run_ids():
-    # Ids computed before the remedy fields existed (same configs on the earlier main).
+    # The ids of plain configs under the run key of run-defining fields (BUILD.md, "What
+    # defines a run"): the remedy fields, off, stay out of them.
     plain = train.resolve(_config(), 256, 1)
-    assert train.run_id(plain, ONE_DEVICE) == "F1-synthetic-SB-b64-s0-53b8655b8d77"
+    assert train.run_id(plain, ONE_DEVICE) == "F1-synthetic-SB-b64-s0-96841ee67466"
     lb = train.resolve(train.TrainConfig(dataset="fashion_mnist", regime="LB", epochs=40,
                                          bn_mode="batch"), 60000, 1)
-    assert train.run_id(lb, ONE_DEVICE) == "F1-fashion_mnist-LB-b6000-s0-737b644c2d87"
+    assert train.run_id(lb, ONE_DEVICE) == "F1-fashion_mnist-LB-b6000-s0-a3e712508757"
     assert not set(train.config_dict(plain)) & set(train.config.REMEDY_DEFAULTS)
     # A scaling rule at the reference batch changes no rate: the run is the plain run.
     same = train.resolve(_config(batch_size=256, reference_batch=256, lr_scaling="sqrt",
