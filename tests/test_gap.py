@@ -286,29 +286,31 @@ def test_binary_rejects_a_malformed_baseline_before_training(tmp_path):
 
 
 def test_a_diverged_run_fails_the_binary_and_is_never_paired_or_measured(tmp_path):
-    """SGD at learning rate 1000: both runs stop as diverged at their first non-finite epoch;
-    the gap binary writes no pair or sharpness row and exits 1 before any gate; the
-    sharpness binary refuses the run by name."""
-    diverged = _binary("--optimizer=sgd", "--learning_rate=1000", "--sb_epochs=3",
-                       "--lb_epochs=3", cwd=tmp_path)
-    assert diverged.returncode == 1, diverged.stderr[-3000:]
-    message = binaries.error_message(diverged.stderr, "gap.py", only_own_line=False)
-    assert message.startswith("2 run(s) diverged (training loss NaN or inf): F1-synthetic-SB")
+    """SGD at learning rate 1000: SB (4 steps per epoch) stops as diverged at its first
+    non-finite epoch; the gap binary writes no pair or sharpness row and exits 1 before any
+    gate; the sharpness binary refuses the run by name."""
+    failed = _binary("--optimizer=sgd", "--learning_rate=1000", "--sb_epochs=3",
+                     "--lb_epochs=3", cwd=tmp_path)
+    assert failed.returncode == 1, failed.stderr[-3000:]
+    message = binaries.error_message(failed.stderr, "gap.py", only_own_line=False)
     rows = results.read_rows(tmp_path / "out" / gap.RUNS_FILE)
-    assert [row["stop_reason"] for row in rows] == ["diverged", "diverged"]
-    for row in rows:
+    diverged = [row for row in rows if row["stop_reason"] == "diverged"]
+    assert [row["regime"] for row in rows] == ["SB", "LB"] and diverged[0] is rows[0]
+    assert message.startswith(f"{len(diverged)} run(s) diverged (training loss NaN or inf): ")
+    for row in diverged:
         assert f"{row['run_id']} at epoch {row['epochs_run']}" in message
         assert int(row["epochs_run"]) < 3 and row["test_accuracy"] == ""
     for name in (gap.PAIRS_FILE, gap.SHARPNESS_FILE):
         assert not results.read_rows(tmp_path / "out" / name), name
     assert "nan" not in (tmp_path / "out" / "table2.csv").read_text().lower()
 
+    sb = diverged[0]
     refused = subprocess.run(
         [sys.executable, "-m", "benchmarks.sharpness", f"--output_dir={tmp_path / 'out'}",
-         f"--runs={rows[1]['run_id']}", "--quiet"], cwd=binaries.REPO,
+         f"--runs={sb['run_id']}", "--quiet"], cwd=binaries.REPO,
         env=binaries.environment(), capture_output=True, text=True, timeout=300)
     assert refused.returncode == 1
     assert binaries.error_message(refused.stderr, "sharpness.py") == (
-        f"run {rows[1]['run_id']} diverged at epoch {rows[1]['epochs_run']} (training loss "
-        "NaN or inf): its weights are no minimizer, so it has no sharpness; drop it from --runs")
+        f"run {sb['run_id']} diverged at epoch {sb['epochs_run']} (training loss NaN or inf): "
+        "its weights are no minimizer, so it has no sharpness; drop it from --runs")
     assert not os.path.exists(tmp_path / "out" / gap.SHARPNESS_FILE)

@@ -240,13 +240,14 @@ def test_stop_reason_follows_the_plateau_rule():
 
 
 def test_a_diverging_run_stops_at_its_first_non_finite_epoch(splits, tmp_path):
-    config = _config(optimizer="sgd", learning_rate=1000.0, epochs=4)
+    config = _config(optimizer="sgd", learning_rate=1000.0, epochs=4, eval_every_epoch=True)
     seen = []
     result = _run(config, splits, tmp_path, on_epoch_end=lambda epoch, row: seen.append(epoch))
     losses = [row["train_loss"] for row in result.history]
     assert result.stop_reason == "diverged" and result.epochs_run == len(losses) < 4
     assert not np.isfinite(losses[-1]) and np.all(np.isfinite(losses[:-1]))
     assert np.isnan([result.train.loss, result.train.accuracy, result.test.accuracy]).all()
+    assert result.history[-1]["test_accuracy"] is None  # NaN weights are never evaluated.
     row = train.run_record(result, run_id="d")
     assert row["stop_reason"] == "diverged" and row["epochs_run"] == len(losses)
     assert [row[c] for c in ("train_loss", "train_accuracy", "test_loss", "test_accuracy")] \

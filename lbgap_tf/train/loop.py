@@ -220,7 +220,7 @@ def _train_locked(config, train_data, test_data, run_dir, strategy, chief, quiet
     while reason is None:
         epoch = done + 1
         row = _run_epoch(steps, config, epoch, train_data, log)
-        if evaluators is not None:
+        if evaluators is not None and math.isfinite(row["train_loss"]):  # Not of NaN weights.
             began = time.perf_counter()
             full_train, test = evaluators[0](), evaluators[1]()
             row.update(full_train_loss=full_train.loss, full_train_accuracy=full_train.accuracy,
