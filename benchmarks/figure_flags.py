@@ -51,7 +51,7 @@ def define_sharpness_flags(*, epsilons=("1e-3",), subspace_dims=("full",),
     flags.DEFINE_list("subspace_dims", list(subspace_dims),
                       "Sharpness spaces: 'full' and/or random subspace dimensions p.")
     flags.DEFINE_list("solvers", list(solvers),
-                      "Sharpness solvers: lbfgsb (the paper's) and/or ascent.")
+                      "Sharpness solvers: lbfgsb (the paper's), lbfgsb_scaled and/or ascent.")
     flags.DEFINE_integer("sharpness_max_iter", 10, "Sharpness solver iterations (the paper: 10).")
     flags.DEFINE_integer("sharpness_examples", None,
                          "Evaluate sharpness on a fixed seeded subset of this many training "

@@ -46,8 +46,20 @@ flags.DEFINE_list("epsilons", ["1e-3", "5e-4"], "Sharpness box sizes (Metric 2.1
 flags.DEFINE_list("subspace_dims", ["full", "100"],
                   "Sharpness spaces: 'full' (Table 3) and/or random subspace dimensions "
                   "(Table 4: 100).")
-flags.DEFINE_list("solvers", list(sharpness.SOLVERS),
-                  "Sharpness solvers: lbfgsb (the paper's) and/or ascent.")
+flags.DEFINE_list("subspace_distributions", [sharpness.DEFAULT_SUBSPACE_DISTRIBUTION],
+                  "Distributions of the random subspace matrix A, each with its own rows: "
+                  "normal_1_over_p (N(0, 1/p) entries), normal (N(0, 1)), uniform (U[0, 1)), "
+                  "uniform_unit_columns (U[0, 1) with unit-norm columns). The first is the one "
+                  "Table 4 compares with the paper.")
+flags.DEFINE_list("solvers", ["lbfgsb", "ascent"],
+                  "Sharpness solvers: lbfgsb (the paper's), lbfgsb_scaled (L-BFGS-B in the "
+                  "box-scaled variables y / r) and/or ascent.")
+flags.DEFINE_float("solver_disagreement_factor", report.DISAGREEMENT_FACTOR,
+                   "The summary flags every measurement whose solvers' values differ by more "
+                   "than this factor.")
+flags.DEFINE_float("solver_stall_fraction", report.STALL_FRACTION,
+                   "The summary flags every solve whose best point has ||y|| / ||r|| below "
+                   "this (it stayed near y = 0).")
 flags.DEFINE_integer("sharpness_max_iter", 10, "Sharpness solver iterations (the paper: 10).")
 flags.DEFINE_integer("sharpness_examples", None,
                      "Evaluate sharpness on a fixed seeded subset of this many training "
@@ -77,6 +89,14 @@ flags.register_validator("models", lambda names: bool(names) and all(
 flags.register_validator("solvers", lambda names: bool(names) and all(
     name in sharpness.SOLVERS for name in names),
     message=f"--solvers takes names from {', '.join(sharpness.SOLVERS)}")
+flags.register_validator("subspace_distributions", lambda names: bool(names) and all(
+    name in sharpness.SUBSPACE_DISTRIBUTIONS for name in names),
+    message="--subspace_distributions takes names from "
+            f"{', '.join(sharpness.SUBSPACE_DISTRIBUTIONS)}")
+flags.register_validator("solver_disagreement_factor", lambda v: v >= 1,
+                         message="--solver_disagreement_factor must be >= 1")
+flags.register_validator("solver_stall_fraction", lambda v: 0 <= v < 1,
+                         message="--solver_stall_fraction must be in [0, 1)")
 
 
 def _epsilons() -> tuple[float, ...]:
@@ -112,7 +132,9 @@ def gap_config() -> gap.GapConfig:
     lb = train.TrainConfig(**shared, regime="LB", batch_size=FLAGS.lb_batch_size,
                            epochs=FLAGS.lb_epochs, synthetic=synthetic)
     plan = gap.SharpnessPlan(
-        epsilons=_epsilons(), subspace_dims=_subspace_dims(), solvers=tuple(FLAGS.solvers),
+        epsilons=_epsilons(), subspace_dims=_subspace_dims(),
+        subspace_distributions=tuple(dict.fromkeys(FLAGS.subspace_distributions)),
+        solvers=tuple(FLAGS.solvers),
         max_iter=FLAGS.sharpness_max_iter, eval_examples=FLAGS.sharpness_examples,
         eval_batch_size=FLAGS.sharpness_batch_size)
     return gap.GapConfig(models=tuple(FLAGS.models), sb=sb, lb=lb, trials=FLAGS.trials,
@@ -131,7 +153,8 @@ def main(argv):
                       data_dirs=common.data_dirs(), quiet=FLAGS.quiet,
                       nondefault_flags=common.nondefault_flags(),
                       checkpoint_every_s=FLAGS.checkpoint_every_s)
-    text = report.summary(outcome)
+    text = report.summary(outcome, disagreement_factor=FLAGS.solver_disagreement_factor,
+                          stall_fraction=FLAGS.solver_stall_fraction)
     summary_path = os.path.join(FLAGS.output_dir, SUMMARY_FILE)
     tables.write_text_atomic(summary_path, text)
     print(text)

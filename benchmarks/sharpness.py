@@ -53,8 +53,13 @@ flags.DEFINE_list("runs", [], "Run ids under <output_dir>/runs/ or run directori
 flags.DEFINE_list("epsilons", ["1e-3", "5e-4"], "Box sizes eps (the paper: 1e-3, 5e-4).")
 flags.DEFINE_list("subspace_dims", [FULL], "Spaces: 'full' (Table 3) and/or random subspace "
                   "dimensions p (Table 4: 100), e.g. full,100.")
-flags.DEFINE_list("solvers", list(sharpness.SOLVERS),
-                  "Maximisers: lbfgsb (the paper's L-BFGS-B, zero tolerances) and/or ascent "
+flags.DEFINE_list("subspace_distributions", [sharpness.DEFAULT_SUBSPACE_DISTRIBUTION],
+                  "Distributions of the random subspace matrix A, each with its own rows: "
+                  "normal_1_over_p (N(0, 1/p) entries), normal (N(0, 1)), uniform (U[0, 1)), "
+                  "uniform_unit_columns (U[0, 1) with unit-norm columns).")
+flags.DEFINE_list("solvers", ["lbfgsb", "ascent"],
+                  "Maximisers: lbfgsb (the paper's L-BFGS-B, zero tolerances), lbfgsb_scaled "
+                  "(the same in the box-scaled variables y / r, bounds +-1) and/or ascent "
                   "(projected sign-gradient ascent in one tf.function).")
 flags.DEFINE_integer("max_iter", 10, "Solver iterations (the paper: 10 L-BFGS-B iterations).")
 flags.DEFINE_integer("eval_examples", None, "Evaluate f on a fixed subset of this many "
@@ -78,6 +83,10 @@ flags.register_validator("subspace_dims", lambda v: bool(v) and all(map(_is_spac
                                  "e.g. full,100")
 flags.register_validator("solvers", lambda v: bool(v) and set(v) <= set(sharpness.SOLVERS),
                          message=f"--solvers must be among {','.join(sharpness.SOLVERS)}")
+flags.register_validator(
+    "subspace_distributions",
+    lambda v: bool(v) and set(v) <= set(sharpness.SUBSPACE_DISTRIBUTIONS),
+    message=f"--subspace_distributions must be among {','.join(sharpness.SUBSPACE_DISTRIBUTIONS)}")
 flags.register_validator("max_iter", lambda v: v >= 1, message="--max_iter must be >= 1")
 flags.register_validator("eval_examples", lambda v: v is None or v >= 1,
                          message="--eval_examples must be >= 1 (or unset for all examples)")
@@ -160,6 +169,14 @@ def _dims() -> list[int | None]:
     return [None if text == FULL else int(text) for text in dict.fromkeys(FLAGS.subspace_dims)]
 
 
+def _spaces() -> list[tuple[int | None, str | None]]:
+    """(dimension, distribution of A) of every space to measure; (None, None) is the full
+    space."""
+    return [(dim, distribution) for dim in _dims()
+            for distribution in ((None,) if dim is None
+                                 else dict.fromkeys(FLAGS.subspace_distributions))]
+
+
 def _settings(run: _Run, num_train: int) -> tuple[int, int]:
     """(evaluation examples, GLOBAL evaluation batch) of a run, checked."""
     examples = FLAGS.eval_examples or num_train
@@ -199,14 +216,16 @@ def _measure(run: _Run, split: data.SplitData, strategy, finished: set, context:
     eval_seed = sharpness_rows.subset_seed(examples, split.info.num_examples, FLAGS.seed)
     epsilons = [float(e) for e in dict.fromkeys(FLAGS.epsilons)]
     problem, written = None, 0
-    for dim in _dims():
+    for dim, distribution in _spaces():
         space = None
         for solver in dict.fromkeys(FLAGS.solvers):
             missing = [eps for eps in epsilons if sharpness_rows.measurement_key(
                 run.run_id, subspace_dim=dim, subspace_seed=FLAGS.seed, epsilon=eps,
                 solver=solver, max_iter=FLAGS.max_iter, eval_examples=examples,
-                eval_seed=eval_seed, eval_batch_size=batch) not in finished]
-            label = f"{run.run_id}: {FULL if dim is None else f'p={dim}'}, {solver}"
+                eval_seed=eval_seed, eval_batch_size=batch,
+                subspace_distribution=distribution or "") not in finished]
+            label = f"{run.run_id}: {FULL if dim is None else f'p={dim} {distribution}'}, " \
+                    f"{solver}"
             if not missing:
                 logging.info("%s: measured earlier, skipped", label)
                 continue
@@ -215,7 +234,9 @@ def _measure(run: _Run, split: data.SplitData, strategy, finished: set, context:
                     run.model, split.features, split.labels, eval_batch_size=batch,
                     eval_examples=None if examples == split.info.num_examples else examples,
                     subset_seed=FLAGS.seed, strategy=strategy, bn_mode=run.config.bn_mode)
-            space = space or problem.space(dim, seed=FLAGS.seed)
+            space = space or problem.space(
+                dim, seed=FLAGS.seed,
+                distribution=distribution or sharpness.DEFAULT_SUBSPACE_DISTRIBUTION)
             for result in problem.measure(missing, space=space, solver=solver,
                                           max_iter=FLAGS.max_iter, seed=FLAGS.seed):
                 row = sharpness_rows.sharpness_row(
@@ -230,7 +251,10 @@ def _measure(run: _Run, split: data.SplitData, strategy, finished: set, context:
                 print(f"{label}, eps {result.epsilon:g}: sharpness {result.value:.4g} "
                       f"(f {result.loss:.4g} -> {result.max_loss:.4g}, "
                       f"{result.function_evals} evaluations, {result.seconds:.1f} s; "
-                      f"{result.message})", flush=True)
+                      f"{result.message}); first-order term {result.first_order:.4g}, "
+                      f"|grad f(x)| {result.gradient_norm:.3g}, |A y| "
+                      f"{result.perturbation_norm:.3g}, |y|/|r| {result.radius_fraction:.3g}, "
+                      f"on a face {result.face_fraction:.3g}", flush=True)
     return written
 
 

@@ -74,7 +74,10 @@ class SharpnessPlan:
       epsilons: box sizes (the paper: 1e-3 and 5e-4).
       subspace_dims: None for the full space (Table 3), p for a random subspace of dimension
         p (Table 4: 100), drawn from the trial's seed.
-      solvers: "lbfgsb" (the paper's) and/or "ascent" (see ``sharpness``).
+      subspace_distributions: the distributions of the random subspace matrix A
+        (``sharpness.SUBSPACE_DISTRIBUTIONS``), each measured with its own rows; the first is
+        the one Table 4 compares with the paper.
+      solvers: "lbfgsb" (the paper's), "lbfgsb_scaled" and/or "ascent" (see ``sharpness``).
       max_iter: solver iterations (the paper: 10 L-BFGS-B iterations).
       eval_examples: None to evaluate f on the whole training set, or the size of a fixed
         subset drawn from the trial's seed (recorded in every row).
@@ -83,10 +86,18 @@ class SharpnessPlan:
 
     epsilons: tuple[float, ...] = (1e-3, 5e-4)
     subspace_dims: tuple[int | None, ...] = (None, 100)
+    subspace_distributions: tuple[str, ...] = (sharpness.DEFAULT_SUBSPACE_DISTRIBUTION,)
     solvers: tuple[str, ...] = ("lbfgsb", "ascent")
     max_iter: int = 10
     eval_examples: int | None = None
     eval_batch_size: int = 5000
+
+    def spaces(self) -> list[tuple[int | None, str | None]]:
+        """(dimension, distribution of A) of every space measured: (None, None) for the full
+        space, one entry per distribution for each random subspace dimension."""
+        return [(dim, distribution) for dim in dict.fromkeys(self.subspace_dims)
+                for distribution in ((None,) if dim is None
+                                     else dict.fromkeys(self.subspace_distributions))]
 
     def __post_init__(self):
         if not self.epsilons or any(not eps > 0 for eps in self.epsilons):
@@ -96,8 +107,11 @@ class SharpnessPlan:
             if solver not in sharpness.SOLVERS:
                 raise sharpness.SharpnessError(
                     f"unknown solver {solver!r}: choose from {', '.join(sharpness.SOLVERS)}")
-        if not self.solvers or not self.subspace_dims:
-            raise sharpness.SharpnessError("the plan needs at least one solver and one space")
+        if not self.solvers or not self.subspace_dims or not self.subspace_distributions:
+            raise sharpness.SharpnessError(
+                "the plan needs at least one solver, one space and one subspace distribution")
+        for distribution in self.subspace_distributions:
+            sharpness.check_distribution(distribution)
         for dim in self.subspace_dims:
             if dim is not None and dim < 1:
                 raise sharpness.SharpnessError(f"subspace dimension must be >= 1, got {dim}")
@@ -155,6 +169,8 @@ class GapOutcome:
     table3: list[dict]
     table4: list[dict]
     wall_time_s: float
+    # The distribution of A whose Table 4 rows are compared with the paper's.
+    table4_distribution: str = sharpness.DEFAULT_SUBSPACE_DISTRIBUTION
     stage_seconds: dict = dataclasses.field(default_factory=dict)  # STAGES -> seconds
 
     @property
@@ -175,8 +191,12 @@ def _epochs_work(regime: str) -> str:
     return f"{regime} epoch"
 
 
-def _measurements_work(dim: int | None, solver: str) -> str:
-    return f"{'full-space' if dim is None else f'p={dim}'} {solver} measurement"
+def _space_name(dim: int | None, distribution: str | None) -> str:
+    return "full space" if dim is None else f"random subspace p={dim} ({distribution})"
+
+
+def _measurements_work(dim: int | None, distribution: str | None, solver: str) -> str:
+    return f"{'full-space' if dim is None else f'p={dim} {distribution}'} {solver} measurement"
 
 
 def _progress(config: GapConfig) -> progress.StageProgress:
@@ -184,11 +204,12 @@ def _progress(config: GapConfig) -> progress.StageProgress:
     measurement of both minimizers; epochs under plateau stopping are caps. The pair stage
     (two distances, seconds) is not costed."""
     plan = config.sharpness
-    spaces = [(dim, solver) for dim in dict.fromkeys(plan.subspace_dims)
+    spaces = [(dim, distribution, solver) for dim, distribution in plan.spaces()
               for solver in dict.fromkeys(plan.solvers)]
     per_trial = {_epochs_work("SB"): config.sb.epochs, _epochs_work("LB"): config.lb.epochs}
-    for dim, solver in spaces:
-        per_trial[_measurements_work(dim, solver)] = 2 * len(dict.fromkeys(plan.epsilons))
+    for dim, distribution, solver in spaces:
+        per_trial[_measurements_work(dim, distribution, solver)] = \
+            2 * len(dict.fromkeys(plan.epsilons))
     trials = len(config.models) * config.trials
     capped = [_epochs_work(settings.regime) for settings in (config.sb, config.lb)
               if settings.plateau_patience]
@@ -360,7 +381,7 @@ class _Experiment:
     def _sharpness(self, run: _Run, seed: int, train_data: data.SplitData,
                    spaces: dict) -> set:
         """Measures the run's missing sharpness values; ``spaces`` caches the random
-        subspaces (by dimension) of the trial's seed across its runs."""
+        subspaces (by dimension and distribution) of the trial's seed across its runs."""
         plan = self.config.sharpness
         eval_examples = min(plan.eval_examples or train_data.info.num_examples,
                             train_data.info.num_examples)
@@ -368,22 +389,22 @@ class _Experiment:
         eval_seed = sharpness_rows.subset_seed(eval_examples, train_data.info.num_examples,
                                                seed)
         wanted = {}
-        for dim in plan.subspace_dims:
+        for dim, distribution in plan.spaces():
             for solver in plan.solvers:
-                wanted[(dim, solver)] = {
+                wanted[(dim, distribution, solver)] = {
                     eps: sharpness_rows.measurement_key(
                         run.run_id, subspace_dim=dim, subspace_seed=seed, epsilon=eps,
                         solver=solver, max_iter=plan.max_iter, eval_examples=eval_examples,
-                        eval_seed=eval_seed, eval_batch_size=eval_batch)
+                        eval_seed=eval_seed, eval_batch_size=eval_batch,
+                        subspace_distribution=distribution or "")
                     for eps in plan.epsilons}
         measured = {sharpness_rows.row_key(row): row for row in self.rows(SHARPNESS_FILE)}
         problem = None
-        for (dim, solver), by_eps in wanted.items():
-            space_name = "full space" if dim is None else f"random subspace p={dim}"
+        for (dim, distribution, solver), by_eps in wanted.items():
             label = f"{run.config.model} {run.config.regime} seed {seed}: sharpness, " \
-                    f"{space_name}, {solver}"
+                    f"{_space_name(dim, distribution)}, {solver}"
             missing = [eps for eps, key in by_eps.items() if key not in measured]
-            work = _measurements_work(dim, solver)
+            work = _measurements_work(dim, distribution, solver)
             if not missing:
                 self.progress.skip(f"{label}: measured earlier, skipped", work, len(by_eps),
                                    _recorded([measured[key] for key in by_eps.values()],
@@ -400,9 +421,11 @@ class _Experiment:
                     eval_examples=None if eval_examples == train_data.info.num_examples
                     else eval_examples,
                     subset_seed=seed, strategy=self.strategy)
-            if dim not in spaces:
-                spaces[dim] = problem.space(dim, seed=seed)
-            space = spaces[dim]
+            if (dim, distribution) not in spaces:
+                spaces[(dim, distribution)] = problem.space(
+                    dim, seed=seed,
+                    distribution=distribution or sharpness.DEFAULT_SUBSPACE_DISTRIBUTION)
+            space = spaces[(dim, distribution)]
             for result in problem.measure(missing, space=space, solver=solver,
                                           max_iter=plan.max_iter, seed=seed):
                 row = sharpness_rows.sharpness_row(
@@ -452,16 +475,21 @@ def run(config: GapConfig, *, output_dir: str, strategy: tf.distribute.Strategy 
     run_ids, gap_ids, keys = experiment.run()
     with experiment.timed("tables"):
         outcome = collect(output_dir, run_ids=run_ids, gap_ids=gap_ids, sharpness_keys=keys,
-                          wall_time_s=time.perf_counter() - started)
+                          wall_time_s=time.perf_counter() - started,
+                          table4_distribution=config.sharpness.subspace_distributions[0])
         write_tables(output_dir, outcome)
     return dataclasses.replace(outcome, wall_time_s=time.perf_counter() - started,
                                stage_seconds=dict(experiment.stage_seconds))
 
 
 def collect(output_dir: str, *, run_ids: Sequence[str], gap_ids: Sequence[str],
-            sharpness_keys: set, wall_time_s: float) -> GapOutcome:
+            sharpness_keys: set, wall_time_s: float,
+            table4_distribution: str = sharpness.DEFAULT_SUBSPACE_DISTRIBUTION) -> GapOutcome:
     """This experiment's rows from the CSVs of ``output_dir`` (a row recorded twice counted
-    once) and the tables derived from them."""
+    once) and the tables derived from them.
+
+    ``table4_distribution`` is the distribution of A whose Table 4 rows the summary compares
+    with the paper's."""
     wanted_runs = set(run_ids)
     run_rows = [row for row in results.read_rows(os.path.join(output_dir, RUNS_FILE))
                 if row["run_id"] in wanted_runs]
@@ -476,7 +504,7 @@ def collect(output_dir: str, *, run_ids: Sequence[str], gap_ids: Sequence[str],
         table2=tables.table2(run_rows, pair_rows),
         table3=tables.sharpness_table(measured, subspace="full"),
         table4=tables.sharpness_table(measured, subspace="random"),
-        wall_time_s=wall_time_s)
+        wall_time_s=wall_time_s, table4_distribution=table4_distribution)
 
 
 def write_tables(output_dir: str, outcome: GapOutcome) -> dict:

@@ -14,25 +14,47 @@ The maximum is found inexactly from y = 0 by one of `SOLVERS`:
   scipy's default gtol the solver stops at y = 0 whenever the gradient at x is small, as it is
   at the near-zero training loss that large-batch training reaches, and reports a false
   "flat minimum" (phi = 0).
+- ``"lbfgsb_scaled"``: the same L-BFGS-B in the box-scaled variables u = y / r (bounds +-1)
+  with the objective divided by max_i |r_i grad_i f| at y = 0. L-BFGS-B's first step is the
+  gradient itself (its initial Hessian guess is the identity): in y that step is ~|grad f|,
+  which at a converged minimizer (gradient ~1e-4) is a small fraction of a box of half-width
+  ~1e-3 per weight, and the solve can stall near y = 0. In u the first step moves the steepest
+  coordinate to a face of the box. Same budget, same zero tolerances.
 - ``"ascent"``: projected sign-gradient ascent, y <- clip(y + (2 r / K) sign(grad), -r, r) with
   r the box half-widths and K = `max_iter` steps; the whole loop runs inside one `tf.function`.
 
-Both keep the best point they evaluated (y = 0 included, so phi >= 0). Evaluations use
+All keep the best point they evaluated (y = 0 included, so phi >= 0). Every result carries
+diagnostics of how far the solver explored the box (max_loss / f(x), ||y|| / ||r||, the
+fraction of coordinates on a face of the box), the norm of the perturbation ||A y|| and the
+first-order term 100 grad f(x).(A y) / (1 + f(x)), so a stalled solve, or a value that is only
+a residual gradient, is visible next to the value. Evaluations use
 `evaluation.LossAndGradient`: `model(x, training=False)` over the data in a fixed order and a
 fixed GLOBAL evaluation batch size, under a tf.distribute strategy. The model's weights are
 restored bit for bit afterwards.
 
-Subspaces. `FullSpace` is A = I. `RandomSubspace` (the paper's p = 100 case; the paper does not
-say how A was drawn) has i.i.d. N(0, 1/p) entries. With that scale a corner of the box
-(|y_j| ~ eps) moves every weight by about eps, as the full-space box does (eps (|x_i| + 1) with
-|x_i| << 1), but only along p random directions, whose curvature is typical rather than extreme;
-its columns are nearly orthogonal (A^T A = (n/p) I up to O(sqrt(p/n))). A is generated in row
-blocks of `block_elements` entries, block b from `tf.random.stateless_normal` with seed
-(seed, b), and never needs to be stored whole: A y and A^T g regenerate the blocks one at a
-time, and A+ x = (A^T A)^-1 A^T x needs only the p x p Gram matrix A^T A (accumulated over the
-blocks in float64 once). Beyond a few n-vectors the subspace then needs O(block + p^2) memory
-(C2: 15M weights, p = 100: 64 MiB blocks instead of a 6 GB matrix). When n * p * 4 bytes is at
-most `cache_bytes` the blocks are generated once and kept, which gives the same numbers without
+Subspaces. `FullSpace` is A = I. `RandomSubspace` is the paper's p = 100 case; the paper says
+only that A's columns are "randomly generated", so A's distribution is a recorded setting
+(`SUBSPACE_DISTRIBUTIONS`):
+
+- ``"normal_1_over_p"``: i.i.d. N(0, 1/p) entries, the default: a corner moves each weight by
+  ~eps, as the full-space box does; on converged minimizers the value can be mostly the
+  first-order term of the residual gradient.
+- ``"normal"``: i.i.d. N(0, 1) entries: a box corner (|y_j| ~ eps) moves each weight by
+  ~sqrt(p) eps.
+- ``"uniform"``: i.i.d. U[0, 1) entries (the columns share a large common component).
+- ``"uniform_unit_columns"``: U[0, 1) entries with every column scaled to unit norm, what
+  public reimplementations of the metric use: a corner moves the weights by ~sqrt(p) eps in
+  total, a far smaller perturbation.
+
+Every kind is A = G D with G i.i.d. (normal or uniform) in float32 and D a diagonal column
+scale in float64 (1/sqrt(p), 1, or 1/||G_j||). G is generated in row blocks of
+`block_elements` entries, block b from `tf.random.stateless_normal` (or `stateless_uniform`)
+with seed (seed, b), and never needs to be stored whole: A y and A^T g regenerate the blocks
+one at a time, and A+ x = (A^T A)^-1 A^T x needs only the p x p Gram matrix A^T A
+(accumulated over the blocks in float64 once; its diagonal gives the unit-column scale).
+Beyond a few n-vectors the subspace then needs O(block + p^2) memory (C2: 15M weights,
+p = 100: 64 MiB blocks instead of a 6 GB matrix). When n * p * 4 bytes is at most
+`cache_bytes` the blocks are generated once and kept, which gives the same numbers without
 regenerating them at every evaluation. `MatrixSubspace` takes an explicit A (tests; A = I
 reproduces the full space).
 """
@@ -52,7 +74,12 @@ import tensorflow as tf
 
 from lbgap_tf import evaluation
 
-SOLVERS = ("lbfgsb", "ascent")
+SOLVERS = ("lbfgsb", "lbfgsb_scaled", "ascent")
+SUBSPACE_DISTRIBUTIONS = ("normal", "normal_1_over_p", "uniform", "uniform_unit_columns")
+DEFAULT_SUBSPACE_DISTRIBUTION = "normal_1_over_p"
+# lbfgsb_scaled: coordinates whose slope at y = 0 is at least this fraction of the steepest
+# reach a face of the box on the first step.
+SCALED_FIRST_STEP_SLOPE = 1e-6
 DEFAULT_EPSILONS = (1e-3, 5e-4)
 DEFAULT_SUBSPACE_DIM = 100
 # The authors evaluated with batches of 5000; with batch-statistics BN the value depends on it.
@@ -110,7 +137,8 @@ def _checked_max_iter(max_iter) -> int:
 
 
 def maximize_lbfgsb(fun: ValueAndGradient, radius, *, max_iter: int,
-                    initial: tuple[float, np.ndarray] | None = None) -> SolverResult:
+                    initial: tuple[float, np.ndarray] | None = None,
+                    scaled: bool = False) -> SolverResult:
     """Maximises fun over |y| <= radius with L-BFGS-B from y = 0, `max_iter` iterations.
 
     Args:
@@ -119,14 +147,16 @@ def maximize_lbfgsb(fun: ValueAndGradient, radius, *, max_iter: int,
       max_iter: L-BFGS-B iterations; the tolerances are zero, so only this budget (or an exactly
         zero projected gradient, or a failed line search) ends the run.
       initial: (value, gradient) at y = 0 when already known; saves one evaluation.
+      scaled: solve in u = y / radius over the box |u| <= 1 (solver "lbfgsb_scaled"), with the
+        objective divided by max_i |radius_i grad_i| at y = 0; the returned point is in y and
+        the returned values are f's either way.
     """
     radius = _checked_radius(radius)
     max_iter = _checked_max_iter(max_iter)
     state = {"evals": 0, "best_value": -math.inf, "best_point": np.zeros_like(radius),
              "start_value": math.nan}
 
-    def negated(y):
-        y = np.clip(y, -radius, radius)
+    def evaluate(y):
         if state["evals"] == 0 and initial is not None and not np.any(y):
             value, grad = initial
         else:
@@ -138,17 +168,34 @@ def maximize_lbfgsb(fun: ValueAndGradient, radius, *, max_iter: int,
         state["evals"] += 1
         if value > state["best_value"]:
             state["best_value"], state["best_point"] = value, y.copy()
-        return -value, -grad
+        return value, grad
+
+    scale, objective_scale, bound = np.ones_like(radius), 1.0, radius
+    if scaled:
+        # u = y / r; the objective is divided by SCALED_FIRST_STEP_SLOPE times the largest
+        # |d f / d u_i| at u = 0, so the solver's first step (its initial Hessian guess is the
+        # identity) carries every coordinate whose slope is within that factor of the steepest
+        # to a face of the unit box, instead of moving it by r_i |grad_i| (a tiny fraction of
+        # the box when the gradient at x is small).
+        start = evaluate(np.zeros_like(radius))
+        scale, bound = radius, np.ones_like(radius)
+        steepest = float(np.max(np.abs(start[1] * radius)))
+        objective_scale = steepest * SCALED_FIRST_STEP_SLOPE if steepest > 0 else 1.0
+
+    def negated(z):
+        y = np.clip(z * scale, -radius, radius)
+        value, grad = start if scaled and not np.any(y) else evaluate(y)
+        return -value / objective_scale, -grad * scale / objective_scale
 
     result = scipy.optimize.minimize(
         negated, np.zeros_like(radius), jac=True, method="L-BFGS-B",
-        bounds=scipy.optimize.Bounds(-radius, radius),
+        bounds=scipy.optimize.Bounds(-bound, bound),
         options={"maxiter": max_iter, "ftol": 0.0, "gtol": 0.0})
     return SolverResult(
-        solver="lbfgsb", best_value=state["best_value"], best_point=state["best_point"],
-        start_value=state["start_value"], iterations=int(result.nit),
-        function_evals=state["evals"], gradient_evals=state["evals"],
-        message=str(result.message))
+        solver="lbfgsb_scaled" if scaled else "lbfgsb", best_value=state["best_value"],
+        best_point=state["best_point"], start_value=state["start_value"],
+        iterations=int(result.nit), function_evals=state["evals"],
+        gradient_evals=state["evals"], message=str(result.message))
 
 
 class AscentSolver:
@@ -225,8 +272,9 @@ def maximize(fun: ValueAndGradient, radius, *, solver: str, max_iter: int,
              initial: tuple[float, np.ndarray] | None = None) -> SolverResult:
     """Maximises fun(y) over |y_i| <= radius_i from y = 0 with the named solver (`SOLVERS`)."""
     _check_solver(solver)
-    if solver == "lbfgsb":
-        return maximize_lbfgsb(fun, radius, max_iter=max_iter, initial=initial)
+    if solver in ("lbfgsb", "lbfgsb_scaled"):
+        return maximize_lbfgsb(fun, radius, max_iter=max_iter, initial=initial,
+                               scaled=solver == "lbfgsb_scaled")
     return AscentSolver(fun, max_iter=max_iter, value_fn=value_fn)(radius, initial=initial)
 
 
@@ -287,13 +335,25 @@ class MatrixSubspace:
         return np.linalg.solve(self._gram, self.rmatvec(x).numpy())
 
 
-class RandomSubspace:
-    """A random n x p matrix A with i.i.d. N(0, 1/p) entries, defined block by block.
+def check_distribution(distribution) -> str:
+    """`distribution` if it is one of `SUBSPACE_DISTRIBUTIONS`, else a `SharpnessError`."""
+    if distribution not in SUBSPACE_DISTRIBUTIONS:
+        raise SharpnessError(
+            f"unknown subspace distribution {distribution!r}: choose one of "
+            f"{', '.join(SUBSPACE_DISTRIBUTIONS)}")
+    return distribution
 
-    A = G / sqrt(p) with G i.i.d. N(0, 1) in float32: rows [b * rows_per_block,
-    (b + 1) * rows_per_block) of G come from `tf.random.stateless_normal(seed=(seed, b))`, so
-    any block can be regenerated and G is never needed whole. A+ x = (A^T A)^-1 A^T x uses the
-    p x p Gram matrix, accumulated over the blocks in float64 at construction. The blocks are
+
+class RandomSubspace:
+    """A random n x p matrix A = G D drawn from `distribution`, defined block by block.
+
+    G is i.i.d. N(0, 1) ("normal", "normal_1_over_p") or U[0, 1) ("uniform",
+    "uniform_unit_columns") in float32; D is diagonal (float64 [p]): 1 / sqrt(p) for
+    "normal_1_over_p" (entries N(0, 1/p)), 1 / ||G_j|| for "uniform_unit_columns" (unit-norm
+    columns), 1 otherwise. Rows [b * rows_per_block, (b + 1) * rows_per_block) of G come from
+    `tf.random.stateless_normal` (or `stateless_uniform`) with seed (seed, b), so any block can
+    be regenerated and G is never needed whole. A+ x = (A^T A)^-1 A^T x uses the p x p Gram
+    matrix, accumulated over the blocks in float64 at construction. The blocks are
     kept in memory when n * p * 4 <= cache_bytes (products are then one matrix-vector product,
     equal to the blockwise ones up to float32 summation order), otherwise regenerated at every
     product (one block at a time).
@@ -302,8 +362,10 @@ class RandomSubspace:
     kind = "random"
 
     def __init__(self, num_weights: int, dim: int, *, seed: int,
+                 distribution: str = DEFAULT_SUBSPACE_DISTRIBUTION,
                  block_elements: int = DEFAULT_BLOCK_ELEMENTS,
                  cache_bytes: int = DEFAULT_CACHE_BYTES):
+        self.distribution = check_distribution(distribution)
         if not 1 <= dim <= num_weights:
             raise SharpnessError(
                 f"subspace_dim must be between 1 and the number of weights ({num_weights}), "
@@ -314,12 +376,19 @@ class RandomSubspace:
         self.rows_per_block = min(self.num_weights, int(block_elements) // self.dim)
         self.num_blocks = -(-self.num_weights // self.rows_per_block)
         self.cached = self.num_weights * self.dim * 4 <= cache_bytes
-        self._scale = 1.0 / math.sqrt(self.dim)
         self._cache = None
         if self.cached:
             self._cache = tf.concat([self._generate(tf.constant(b)) for b in
                                      range(self.num_blocks)], axis=0)
-        self.gram = self._gram() * (self._scale ** 2)  # A^T A, float64 [p, p]
+        gram = self._gram()  # G^T G
+        if distribution == "normal_1_over_p":
+            scale = tf.fill([self.dim], tf.constant(1.0 / math.sqrt(self.dim), tf.float64))
+        elif distribution == "uniform_unit_columns":
+            scale = 1.0 / tf.sqrt(tf.linalg.diag_part(gram))
+        else:
+            scale = tf.ones([self.dim], tf.float64)
+        self._scale = scale  # D, float64 [p]
+        self.gram = gram * scale[:, None] * scale[None, :]  # A^T A, float64 [p, p]
 
     def _rows(self, block):
         start = block * self.rows_per_block
@@ -328,8 +397,10 @@ class RandomSubspace:
     def _generate(self, block):
         start, size = self._rows(block)
         seed = tf.stack([tf.constant(self.seed, tf.int64), tf.cast(block, tf.int64)])
-        return tf.random.stateless_normal(tf.stack([size, self.dim]), seed=seed,
-                                          dtype=tf.float32)
+        shape = tf.stack([size, self.dim])
+        if self.distribution.startswith("uniform"):
+            return tf.random.stateless_uniform(shape, seed=seed, dtype=tf.float32)
+        return tf.random.stateless_normal(shape, seed=seed, dtype=tf.float32)
 
     def _block(self, block):
         if self._cache is None:
@@ -349,7 +420,7 @@ class RandomSubspace:
         return gram
 
     def matvec(self, y: tf.Tensor) -> tf.Tensor:
-        """A y = G (y / sqrt(p)), block by block: float64 y [p] -> float32 [n]."""
+        """A y = G (D y), block by block: float64 y [p] -> float32 [n]."""
         v = tf.cast(tf.cast(y, tf.float64) * self._scale, tf.float32)
         if self._cache is not None:  # One product over the kept G (several times faster).
             return tf.linalg.matvec(self._cache, v)
@@ -364,7 +435,7 @@ class RandomSubspace:
         return tf.reshape(parts.concat(), [self.num_weights])
 
     def rmatvec(self, g: tf.Tensor) -> tf.Tensor:
-        """A^T g = (G^T g) / sqrt(p), accumulated over blocks in float64: g [n] -> [p]."""
+        """A^T g = D (G^T g), accumulated over blocks in float64: g [n] -> [p]."""
         g = tf.cast(g, tf.float32)
         if self._cache is not None:
             product = tf.linalg.matvec(self._cache, g, transpose_a=True)
@@ -397,6 +468,14 @@ class SharpnessResult:
     / (1 + loss). `subspace_dim` is None for the full space. `seconds` is the solver's wall
     time (the shared f(x) pass excluded). `gradient_norm` is the Euclidean norm of the full
     gradient of f at x. `eval_batch_size` is the GLOBAL evaluation batch.
+    `subspace_distribution` is A's distribution for a random subspace (None otherwise).
+
+    Diagnostics of the best point y* (how far the solver explored the box |y| <= r, and what
+    the value measures): `loss_ratio` = max_loss / f(x); `radius_fraction` = ||y*|| / ||r||;
+    `face_fraction` the fraction of coordinates with r_i > 0 on a face of the box
+    (|y*_i| = r_i); `perturbation_norm` = ||A y*||, the distance moved in weight space;
+    `first_order` = 100 grad f(x).(A y*) / (1 + f(x)), the value's first-order Taylor term:
+    when `value` is close to it, the value measures the residual gradient, not curvature.
     """
 
     value: float
@@ -418,6 +497,12 @@ class SharpnessResult:
     eval_batch_size: int
     bn_mode: str
     gradient_norm: float
+    subspace_distribution: str | None
+    loss_ratio: float
+    radius_fraction: float
+    face_fraction: float
+    perturbation_norm: float
+    first_order: float
 
 
 def sharpness_value(max_loss: float, loss: float) -> float:
@@ -521,10 +606,13 @@ class SharpnessProblem:
             variable.assign(saved)
 
     def space(self, subspace_dim: int | None = None, *, seed: int = 0, matrix=None,
+              distribution: str = DEFAULT_SUBSPACE_DISTRIBUTION,
               block_elements: int = DEFAULT_BLOCK_ELEMENTS,
               cache_bytes: int = DEFAULT_CACHE_BYTES):
-        """The full space (None), a `RandomSubspace` of `subspace_dim`, or an explicit matrix."""
+        """The full space (None), a `RandomSubspace` of `subspace_dim` whose entries follow
+        `distribution`, or an explicit matrix."""
         n = self.num_weights
+        check_distribution(distribution)
         if matrix is not None:
             space = MatrixSubspace(matrix)
             if space.num_weights != n:
@@ -542,8 +630,8 @@ class SharpnessProblem:
             raise SharpnessError(
                 f"subspace_dim must be an integer between 1 and the number of trainable weights "
                 f"({n}), got {subspace_dim!r}: pass None for the full space")
-        return RandomSubspace(n, int(subspace_dim), seed=seed, block_elements=block_elements,
-                              cache_bytes=cache_bytes)
+        return RandomSubspace(n, int(subspace_dim), seed=seed, distribution=distribution,
+                              block_elements=block_elements, cache_bytes=cache_bytes)
 
     def _objective(self, space) -> _Objective:
         if space not in self._objectives:
@@ -569,6 +657,8 @@ class SharpnessProblem:
                 start = time.perf_counter()
                 outcome = objective.solve(radius, solver, max_iter)
                 seconds = time.perf_counter() - start
+                diagnostics = objective.diagnostics(outcome.best_point, radius, self.loss,
+                                                    outcome.best_value)
                 result = SharpnessResult(
                     value=sharpness_value(outcome.best_value, self.loss), loss=self.loss,
                     max_loss=outcome.best_value, epsilon=eps, solver=solver,
@@ -579,11 +669,15 @@ class SharpnessProblem:
                     gradient_evals=outcome.gradient_evals, seconds=seconds,
                     message=outcome.message, num_weights=self.num_weights,
                     eval_examples=self.eval_examples, eval_batch_size=self.eval_batch_size,
-                    bn_mode=self.bn_mode, gradient_norm=self.gradient_norm)
-                _log.info("sharpness %.6g (eps %g, %s, %s p=%s): f %.6g -> %.6g, %d evals, "
-                          "%.1f s, %s", result.value, eps, solver, space.kind,
-                          result.subspace_dim, self.loss, outcome.best_value,
-                          outcome.function_evals, seconds, outcome.message)
+                    bn_mode=self.bn_mode, gradient_norm=self.gradient_norm,
+                    subspace_distribution=getattr(space, "distribution", None), **diagnostics)
+                _log.info("sharpness %.6g (eps %g, %s, %s p=%s %s): f %.6g -> %.6g, %d evals, "
+                          "%.1f s, %s; ||y||/||r|| %.3g, on a face %.3g, ||Ay|| %.3g, "
+                          "first-order term %.6g", result.value, eps, solver, space.kind,
+                          result.subspace_dim, result.subspace_distribution or "",
+                          self.loss, outcome.best_value, outcome.function_evals, seconds,
+                          outcome.message, result.radius_fraction, result.face_fraction,
+                          result.perturbation_norm, result.first_order)
                 results.append(result)
         finally:
             self.restore()
@@ -610,10 +704,26 @@ class _Objective:
     def value(self, y):
         return self._fn.value(self._x + self._space.matvec(y))
 
+    def diagnostics(self, point: np.ndarray, radius: np.ndarray, loss: float,
+                    max_loss: float) -> dict:
+        """The `SharpnessResult` diagnostics of the best point `point` in the box `radius`."""
+        radius_norm = float(np.linalg.norm(radius))
+        active = radius > 0
+        on_face = np.abs(point[active]) >= radius[active] * (1 - 1e-9)
+        moved = self._space.matvec(tf.constant(point, tf.float64))
+        return {
+            "loss_ratio": max_loss / loss if loss > 0 else math.inf,
+            "radius_fraction": float(np.linalg.norm(point)) / radius_norm if radius_norm
+            else 0.0,
+            "face_fraction": float(np.mean(on_face)) if on_face.size else 0.0,
+            "perturbation_norm": float(tf.norm(tf.cast(moved, tf.float64))),
+            "first_order": sharpness_value(loss + float(self._initial[1] @ point), loss),
+        }
+
     def solve(self, radius: np.ndarray, solver: str, max_iter: int) -> SolverResult:
-        if solver == "lbfgsb":
+        if solver in ("lbfgsb", "lbfgsb_scaled"):
             return maximize_lbfgsb(self._compiled, radius, max_iter=max_iter,
-                                   initial=self._initial)
+                                   initial=self._initial, scaled=solver == "lbfgsb_scaled")
         if max_iter not in self._ascent:
             self._ascent[max_iter] = AscentSolver(self.value_and_gradient, max_iter=max_iter,
                                                   value_fn=self.value)
@@ -624,18 +734,22 @@ def sharpness(model, features, labels, *, epsilons: Sequence[float] = DEFAULT_EP
               subspace_dim: int | None = None, solver: str = "lbfgsb", max_iter: int = 10,
               seed: int = 0, eval_batch_size: int = DEFAULT_EVAL_BATCH_SIZE,
               eval_examples: int | None = None, strategy=None, bn_mode: str | None = None,
-              subspace_matrix=None, block_elements: int = DEFAULT_BLOCK_ELEMENTS,
+              subspace_matrix=None,
+              subspace_distribution: str = DEFAULT_SUBSPACE_DISTRIBUTION,
+              block_elements: int = DEFAULT_BLOCK_ELEMENTS,
               cache_bytes: int = DEFAULT_CACHE_BYTES) -> list[SharpnessResult]:
     """(C_eps, A)-sharpness of `model` for each epsilon (Metric 2.1), one result per epsilon.
 
-    `subspace_dim` None is the full space, an integer p a `RandomSubspace` drawn with `seed`;
-    `subspace_matrix` gives A explicitly instead. `seed` also draws the evaluation subset when
-    `eval_examples` is given. f(x) is computed once and shared by all epsilons. See
-    `SharpnessProblem` for the data arguments; the model's weights are restored bit for bit.
+    `subspace_dim` None is the full space, an integer p a `RandomSubspace` drawn with `seed`
+    from `subspace_distribution`; `subspace_matrix` gives A explicitly instead. `seed` also
+    draws the evaluation subset when `eval_examples` is given. f(x) is computed once and
+    shared by all epsilons. See `SharpnessProblem` for the data arguments; the model's weights
+    are restored bit for bit.
     """
     epsilons = _check_epsilons(epsilons)
     _check_solver(solver)
     max_iter = _checked_max_iter(max_iter)
+    check_distribution(subspace_distribution)
     if subspace_dim is not None and (isinstance(subspace_dim, bool)
                                      or not isinstance(subspace_dim, (int, np.integer))
                                      or subspace_dim < 1):
@@ -646,5 +760,6 @@ def sharpness(model, features, labels, *, epsilons: Sequence[float] = DEFAULT_EP
                                eval_examples=eval_examples, subset_seed=seed, strategy=strategy,
                                bn_mode=bn_mode)
     space = problem.space(subspace_dim, seed=seed, matrix=subspace_matrix,
-                          block_elements=block_elements, cache_bytes=cache_bytes)
+                          distribution=subspace_distribution, block_elements=block_elements,
+                          cache_bytes=cache_bytes)
     return problem.measure(epsilons, space=space, solver=solver, max_iter=max_iter, seed=seed)

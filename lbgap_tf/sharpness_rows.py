@@ -18,7 +18,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Mapping
 
-from lbgap_tf import results
+from lbgap_tf import results, sharpness
 from lbgap_tf.sharpness import SharpnessResult
 
 # Columns copied from the training run's row (runs.csv).
@@ -26,16 +26,18 @@ RUN_PROVENANCE = ("run_id", "model", "dataset", "regime", "global_batch_size", "
                   "train_loss", "train_accuracy", "test_accuracy")
 
 SHARPNESS_COLUMNS = RUN_PROVENANCE + (
-    "benchmark", "subspace", "subspace_dim", "subspace_seed", "epsilon", "solver", "max_iter",
-    "sharpness", "loss", "max_loss", "gradient_norm", "iterations", "function_evals",
+    "benchmark", "subspace", "subspace_dim", "subspace_seed", "subspace_distribution",
+    "epsilon", "solver", "max_iter", "sharpness", "loss", "max_loss", "gradient_norm",
+    "perturbation_norm", "first_order", "loss_ratio", "radius_fraction", "face_fraction",
+    "iterations", "function_evals",
     "gradient_evals", "solver_message", "seconds", "num_weights", "eval_examples",
     "eval_seed", "eval_batch_size", "bn_mode", "strategy", "replicas", "device_kind", "precision",
     "tf_version", "keras_version", "git_revision", "finished_at", "nondefault_flags",
 )
 
 # What identifies a measurement (its settings, not its outcome).
-KEY_COLUMNS = ("run_id", "subspace", "subspace_dim", "subspace_seed", "epsilon", "solver",
-               "max_iter", "eval_examples", "eval_seed", "eval_batch_size")
+KEY_COLUMNS = ("run_id", "subspace", "subspace_dim", "subspace_seed", "subspace_distribution",
+               "epsilon", "solver", "max_iter", "eval_examples", "eval_seed", "eval_batch_size")
 
 
 def subset_seed(eval_examples: int, num_train: int, seed: int) -> int | None:
@@ -46,16 +48,20 @@ def subset_seed(eval_examples: int, num_train: int, seed: int) -> int | None:
 
 def measurement_key(run_id: str, *, subspace_dim: int | None, subspace_seed: int,
                     epsilon: float, solver: str, max_iter: int, eval_examples: int,
-                    eval_seed: int | None, eval_batch_size: int) -> tuple[str, ...]:
+                    eval_seed: int | None, eval_batch_size: int,
+                    subspace_distribution: str = sharpness.DEFAULT_SUBSPACE_DISTRIBUTION
+                    ) -> tuple[str, ...]:
     """The key of a measurement in the string form CSV rows give back (see ``KEY_COLUMNS``).
 
-    The subspace seed only matters for a random subspace and is blank for the full space;
-    ``eval_seed`` (see ``subset_seed``) is blank when f is evaluated on the whole training set.
+    The subspace seed and distribution only matter for a random subspace and are blank for
+    the full space; ``eval_seed`` (see ``subset_seed``) is blank when f is evaluated on the
+    whole training set.
     """
-    subspace = "full" if subspace_dim is None else "random"
-    return (run_id, subspace, "" if subspace_dim is None else str(subspace_dim),
-            "" if subspace_dim is None else str(subspace_seed), repr(float(epsilon)), solver,
-            str(max_iter), str(eval_examples), "" if eval_seed is None else str(eval_seed),
+    full = subspace_dim is None
+    return (run_id, "full" if full else "random", "" if full else str(subspace_dim),
+            "" if full else str(subspace_seed), "" if full else subspace_distribution,
+            repr(float(epsilon)), solver, str(max_iter), str(eval_examples),
+            "" if eval_seed is None else str(eval_seed),
             str(eval_batch_size))
 
 
@@ -95,6 +101,7 @@ def sharpness_row(result: SharpnessResult, run_row: Mapping[str, object], *, ben
         "subspace": "full" if full else "random",
         "subspace_dim": None if full else result.subspace_dim,
         "subspace_seed": None if full else result.seed,
+        "subspace_distribution": None if full else result.subspace_distribution,
         "epsilon": result.epsilon,
         "solver": result.solver,
         "max_iter": result.max_iter,
@@ -102,6 +109,11 @@ def sharpness_row(result: SharpnessResult, run_row: Mapping[str, object], *, ben
         "loss": result.loss,
         "max_loss": result.max_loss,
         "gradient_norm": result.gradient_norm,
+        "perturbation_norm": result.perturbation_norm,
+        "first_order": result.first_order,
+        "loss_ratio": result.loss_ratio,
+        "radius_fraction": result.radius_fraction,
+        "face_fraction": result.face_fraction,
         "iterations": result.iterations,
         "function_evals": result.function_evals,
         "gradient_evals": result.gradient_evals,

@@ -54,6 +54,8 @@ def test_every_csv_with_its_columns(finished):
     measured = _csv(os.path.join(output_dir, gap.SHARPNESS_FILE))
     assert len(measured) == 2 * 2 * 2  # Regimes x spaces x solvers, one epsilon.
     assert {row["subspace"] for row in measured} == {"full", "random"}
+    assert {row["subspace_distribution"] for row in measured if row["subspace"] == "random"} \
+        == {sharpness.DEFAULT_SUBSPACE_DISTRIBUTION}
     assert {row["eval_examples"] for row in measured} == {"128"}
     assert {row["eval_seed"] for row in measured} == {"3"}  # The subset of 128 of 256.
     assert all(float(row["sharpness"]) >= 0 for row in measured)
@@ -66,6 +68,9 @@ def test_every_csv_with_its_columns(finished):
     assert "eps0.001_ratio" in table3[0]
     table4 = _csv(os.path.join(output_dir, "table4.csv"))
     assert {row["subspace_dim"] for row in table4} == {"5"}
+    assert {row["subspace_distribution"] for row in table4} == {
+        sharpness.DEFAULT_SUBSPACE_DISTRIBUTION}
+    assert "eps0.001_LB_best" in table4[0] and "eps0.001_best_ratio" in table4[0]
     assert len(outcome.sharpness_rows) == 8
 
 

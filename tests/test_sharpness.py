@@ -187,6 +187,76 @@ def test_random_subspace_linear_maximum_and_bound(solver):
     assert result.best_value - gx < 0.2 * (full - gx)
 
 
+def test_subspace_distributions_moments_and_linear_closed_form():
+    """Each distribution of A: the moments of its entries, unit columns where promised, the
+    Gram matrix, and the closed-form maximum of a linear function (L-BFGS-B, one step)."""
+    n, p, eps = 6000, 8, 1e-3
+    rng = np.random.default_rng(3)
+    x = rng.normal(0, 0.1, n).astype(np.float32)
+    g = rng.normal(size=n).astype(np.float32)
+    g_t, x_t = tf.constant(g, tf.float64), tf.constant(x)
+    moments = {"normal_1_over_p": (0.0, 1 / p), "normal": (0.0, 1.0),
+               "uniform": (0.5, 1 / 12)}
+    matrices = {}
+    for distribution in sharpness.SUBSPACE_DISTRIBUTIONS:
+        space = sharpness.RandomSubspace(n, p, seed=4, distribution=distribution)
+        assert space.distribution == distribution
+        a = matrices[distribution] = _explicit(space)
+        if distribution in moments:
+            mean, var = moments[distribution]
+            # n p = 48000 entries: the sample mean is within 4 standard errors of its mean.
+            assert abs(a.mean() - mean) < 4 * np.sqrt(var / a.size)
+            assert a.var() == pytest.approx(var, rel=0.03)
+        else:
+            np.testing.assert_allclose(np.linalg.norm(a, axis=0), 1.0, rtol=1e-6)
+            assert a.min() >= 0
+        np.testing.assert_allclose(space.gram.numpy(), a.T @ a, rtol=1e-5)
+
+        def fun(y, space=space):
+            w = tf.cast(x_t + space.matvec(y), tf.float64)
+            return tf.reduce_sum(g_t * w), space.rmatvec(tf.cast(g_t, tf.float32))
+
+        radius = eps * (np.abs(space.coordinates(x_t)) + 1)
+        result = sharpness.maximize_lbfgsb(fun, radius, max_iter=1)
+        gx = float(np.dot(g.astype(np.float64), x))
+        expected = gx + np.sum(np.abs(a.T @ g) * radius)
+        assert result.best_value == pytest.approx(expected, rel=1e-5)
+    # Same seed, same uniform draws: unit columns are the uniform matrix's columns rescaled.
+    uniform = matrices["uniform"]
+    np.testing.assert_allclose(matrices["uniform_unit_columns"],
+                               uniform / np.linalg.norm(uniform, axis=0), rtol=1e-5)
+    np.testing.assert_allclose(matrices["normal_1_over_p"], matrices["normal"] / np.sqrt(p),
+                               rtol=1e-6)
+    with pytest.raises(sharpness.SharpnessError,
+                       match="unknown subspace distribution 'cauchy': choose one of normal, "):
+        sharpness.RandomSubspace(n, p, seed=0, distribution="cauchy")
+
+
+def test_diagnostics_of_a_one_step_ascent_against_numpy():
+    """One ascent step of 2 r goes to the corner r sign(A^T g): every diagnostic then has a
+    closed form in the NumPy gradient at x."""
+    model = ref.build_tiny_model(seed=4)
+    x, y = ref.tiny_data(n=40, seed=5)
+    params = ref.tiny_params(model)
+    center = ref.flatten(params)
+    f0, g0 = ref.loss_and_gradient(params, x, y)
+    matrix = np.random.default_rng(6).normal(size=(center.size, 5))
+    problem = sharpness.SharpnessProblem(model, x, y, eval_batch_size=16)
+    for space, a in ((None, np.eye(center.size)), (problem.space(matrix=matrix), matrix)):
+        [result] = problem.measure((0.01,), space=space, solver="ascent", max_iter=1)
+        coordinates = np.linalg.lstsq(a, center, rcond=None)[0]
+        radius = 0.01 * (np.abs(coordinates) + 1)
+        corner = radius * np.sign(a.T @ g0)
+        assert result.max_loss > result.loss  # The corner was the best point.
+        assert result.gradient_norm == pytest.approx(np.linalg.norm(g0), rel=1e-4)
+        assert result.radius_fraction == pytest.approx(1.0, rel=1e-6)
+        assert result.face_fraction == 1.0
+        assert result.perturbation_norm == pytest.approx(np.linalg.norm(a @ corner), rel=1e-5)
+        assert result.first_order == pytest.approx(100 * g0 @ (a @ corner) / (1 + f0), rel=1e-4)
+        assert result.loss_ratio == pytest.approx(result.max_loss / result.loss, rel=1e-12)
+        assert result.subspace_distribution is None
+
+
 # ------------------------------------------------------------------ the metric on a Keras model
 
 def _numpy_metric(model, x, y, eps, solver, max_iter):
@@ -199,15 +269,20 @@ def _numpy_metric(model, x, y, eps, solver, max_iter):
         return ref.loss_and_gradient(ref.unflatten(center + delta, params), x, y)
 
     f0, g0 = f(np.zeros_like(center))
-    if solver == "lbfgsb":
+    if solver in ("lbfgsb", "lbfgsb_scaled"):
         seen = [f0]
+        # lbfgsb_scaled: u = delta / radius in [-1, 1], objective over 1e-6 max |radius g0|.
+        scaled = solver == "lbfgsb_scaled"
+        unit = radius if scaled else np.ones_like(radius)
+        divisor = 1e-6 * np.max(np.abs(radius * g0)) if scaled else 1.0
 
-        def negated(delta):
-            value, grad = f(delta)
+        def negated(u):
+            value, grad = f(u * unit)
             seen.append(value)
-            return -value, -grad
+            return -value / divisor, -grad * unit / divisor
+        bound = np.ones_like(radius) if scaled else radius
         scipy.optimize.minimize(negated, np.zeros_like(center), jac=True, method="L-BFGS-B",
-                                bounds=scipy.optimize.Bounds(-radius, radius),
+                                bounds=scipy.optimize.Bounds(-bound, bound),
                                 options={"maxiter": max_iter, "ftol": 0, "gtol": 0})
         best = max(seen)
     else:
@@ -342,7 +417,8 @@ def test_mirrored_equals_one_device(solver, subspace_dim):
     (dict(epsilons=()), "no epsilon"),
     (dict(subspace_dim=0), "subspace_dim must be a positive integer"),
     (dict(subspace_dim=48), "between 1 and the number of trainable weights \\(47\\)"),
-    (dict(solver="adam"), "unknown solver 'adam': choose one of lbfgsb, ascent"),
+    (dict(solver="adam"), "unknown solver 'adam': choose one of lbfgsb, lbfgsb_scaled, ascent"),
+    (dict(subspace_dim=3, subspace_distribution="cauchy"), "unknown subspace distribution"),
     (dict(max_iter=0), "max_iter must be a positive integer"),
     (dict(eval_examples=0), "eval_examples must be between 1"),
     (dict(eval_examples=11), "eval_examples must be between 1"),

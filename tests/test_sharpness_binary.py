@@ -69,7 +69,8 @@ def test_bad_input_is_one_line_and_no_row_with_tensorflow_logging_on(trained, tm
     cases = {
         "--epsilons=0": (2, "--epsilons must be numbers > 0"),
         "--subspace_dims=0": (2, "--subspace_dims must be 'full' and/or positive integers"),
-        "--solvers=adam": (2, "--solvers must be among lbfgsb,ascent"),
+        "--solvers=adam": (2, "--solvers must be among lbfgsb,lbfgsb_scaled,ascent"),
+        "--subspace_distributions=cauchy": (2, "--subspace_distributions must be among normal,"),
         "--runs=no-such-run": (1, "run no-such-run is not a completed run"),
         "--subspace_dims=full,99999999": (1, "more than the 1462794 trainable weights"),
     }

@@ -149,23 +149,25 @@ def measure_sharpness(load_model: Callable[[], keras.Model], run_row: Mapping[st
     eval_seed = sharpness_rows.subset_seed(eval_examples, num_train, seed)
     run_id = str(run_row["run_id"])
 
-    def key(dim, solver, eps):
+    def key(dim, distribution, solver, eps):
         return sharpness_rows.measurement_key(
             run_id, subspace_dim=dim, subspace_seed=seed, epsilon=eps, solver=solver,
             max_iter=plan.max_iter, eval_examples=eval_examples, eval_seed=eval_seed,
-            eval_batch_size=eval_batch)
+            eval_batch_size=eval_batch, subspace_distribution=distribution or "")
 
-    wanted = {key(dim, solver, eps) for dim in plan.subspace_dims for solver in plan.solvers
-              for eps in plan.epsilons}
+    wanted = {key(dim, distribution, solver, eps) for dim, distribution in plan.spaces()
+              for solver in plan.solvers for eps in plan.epsilons}
     finished = sharpness_rows.finished_keys(results.read_rows(path))
     problem = None
     description = distribute.describe(strategy)
-    for dim in plan.subspace_dims:
+    for dim, distribution in plan.spaces():
         space = None
         for solver in plan.solvers:
-            space_name = "full space" if dim is None else f"random subspace p={dim}"
+            space_name = "full space" if dim is None else \
+                f"random subspace p={dim} ({distribution})"
             label = f"{run_id}: sharpness, {space_name}, {solver}"
-            missing = [eps for eps in plan.epsilons if key(dim, solver, eps) not in finished]
+            missing = [eps for eps in plan.epsilons
+                       if key(dim, distribution, solver, eps) not in finished]
             if not missing:
                 if progress:
                     progress.stage(f"{label}: measured earlier, skipped")
@@ -179,7 +181,9 @@ def measure_sharpness(load_model: Callable[[], keras.Model], run_row: Mapping[st
                     eval_examples=None if eval_examples == num_train else eval_examples,
                     subset_seed=seed, strategy=strategy)
             if space is None:
-                space = problem.space(dim, seed=seed)
+                space = problem.space(
+                    dim, seed=seed,
+                    distribution=distribution or sharpness.DEFAULT_SUBSPACE_DISTRIBUTION)
             for result in problem.measure(missing, space=space, solver=solver,
                                           max_iter=plan.max_iter, seed=seed):
                 row = sharpness_rows.sharpness_row(
@@ -194,7 +198,7 @@ def measure_sharpness(load_model: Callable[[], keras.Model], run_row: Mapping[st
 
 def sharpness_steps(plan) -> int:
     """Progress stages ``measure_sharpness`` logs for one model (one per space and solver)."""
-    return len(plan.subspace_dims) * len(plan.solvers)
+    return len(plan.spaces()) * len(plan.solvers)
 
 
 def training_subset(split: data.SplitData, size: int | None, seed: int
