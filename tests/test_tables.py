@@ -132,7 +132,7 @@ def test_distribution_of_a_is_part_of_the_measurement_key_and_of_gap_id():
     def key(dim, distribution):
         return sharpness_rows.measurement_key(
             "run", subspace_dim=dim, subspace_seed=1, epsilon=1e-3, solver="lbfgsb",
-            max_iter=10, eval_examples=100, eval_batch_size=100,
+            max_iter=10, eval_examples=100, eval_seed=None, eval_batch_size=100,
             subspace_distribution=distribution)
 
     keys = {key(100, distribution) for distribution in sharpness.SUBSPACE_DISTRIBUTIONS}
