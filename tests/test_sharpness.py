@@ -134,7 +134,8 @@ def _explicit(space):
 
 def test_random_subspace_is_the_scaled_gaussian_blocks():
     n, p, seed = 1000, 7, 5
-    space = sharpness.RandomSubspace(n, p, seed=seed, block_elements=300 * p, cache_bytes=0)
+    space = sharpness.RandomSubspace(n, p, seed=seed, distribution="normal_1_over_p",
+                                     block_elements=300 * p, cache_bytes=0)
     assert (space.rows_per_block, space.num_blocks, space.cached) == (300, 4, False)
     gaussian = np.concatenate([
         tf.random.stateless_normal([min(300, n - 300 * b), p], seed=[seed, b]).numpy()
@@ -150,12 +151,13 @@ def test_random_subspace_is_the_scaled_gaussian_blocks():
     x = rng.normal(size=n).astype(np.float32)
     np.testing.assert_allclose(space.coordinates(tf.constant(x)),
                                np.linalg.lstsq(expected, x, rcond=None)[0], rtol=1e-5)
-    cached = sharpness.RandomSubspace(n, p, seed=seed, block_elements=300 * p)
+    cached = sharpness.RandomSubspace(n, p, seed=seed, distribution="normal_1_over_p",
+                                      block_elements=300 * p)
     assert cached.cached
     np.testing.assert_allclose(_explicit(cached), a, rtol=1e-6, atol=1e-7)
     np.testing.assert_allclose(cached.rmatvec(tf.constant(g)).numpy(), expected.T @ g, rtol=1e-5)
     np.testing.assert_array_equal(cached.gram.numpy(), space.gram.numpy())
-    other = sharpness.RandomSubspace(n, p, seed=seed + 1)
+    other = sharpness.RandomSubspace(n, p, seed=seed + 1, distribution="normal_1_over_p")
     assert not np.allclose(_explicit(other), a, atol=1e-3)
 
 
@@ -166,7 +168,8 @@ def test_random_subspace_linear_maximum_and_bound(solver):
     rng = np.random.default_rng(2)
     x = rng.normal(0, 0.1, n).astype(np.float32)
     g = rng.normal(size=n).astype(np.float32)
-    space = sharpness.RandomSubspace(n, p, seed=3, block_elements=128 * p, cache_bytes=0)
+    space = sharpness.RandomSubspace(n, p, seed=3, distribution="normal_1_over_p",
+                                     block_elements=128 * p, cache_bytes=0)
     a = _explicit(space)
     g_t, x_t = tf.constant(g, tf.float64), tf.constant(x)
 
