@@ -26,8 +26,8 @@ FLAGS = flags.FLAGS
 FIGURE_FILE = "fig6_along_training.png"
 
 figure_flags.define_figure_flags()
-figure_flags.define_pair_flags()
-figure_flags.define_sharpness_flags()
+common.define_pair_flags()
+common.define_sharpness_flags()
 # --helpshort lists the shared flags too.
 flags.adopt_module_key_flags(common)
 flags.adopt_module_key_flags(figure_flags)
@@ -45,7 +45,7 @@ def along_training_config() -> along_training.AlongTrainingConfig:
     return along_training.AlongTrainingConfig(
         sb=sb, lb=lb, sb_epochs=figure_flags.int_list("sb_snapshots", FLAGS.sb_snapshots),
         lb_epochs=figure_flags.int_list("lb_snapshots", FLAGS.lb_snapshots),
-        sharpness=figure_flags.sharpness_plan())
+        sharpness=common.sharpness_plan())
 
 
 def main(argv):

@@ -25,7 +25,7 @@ FLAGS = flags.FLAGS
 FIGURE_FILE = "fig4_sweep.png"
 
 figure_flags.define_figure_flags()
-figure_flags.define_sharpness_flags()
+common.define_sharpness_flags()
 # --helpshort lists the shared flags too.
 flags.adopt_module_key_flags(common)
 flags.adopt_module_key_flags(figure_flags)
@@ -43,7 +43,7 @@ def sweep_config() -> sweep.SweepConfig:
     return sweep.SweepConfig(
         base=figure_flags.train_config(epochs=FLAGS.epochs),
         batch_sizes=figure_flags.int_list("batch_sizes", FLAGS.batch_sizes),
-        trials=FLAGS.trials, first_seed=FLAGS.seed, sharpness=figure_flags.sharpness_plan())
+        trials=FLAGS.trials, first_seed=FLAGS.seed, sharpness=common.sharpness_plan())
 
 
 def main(argv):

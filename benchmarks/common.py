@@ -67,7 +67,7 @@ from absl import app, flags, logging
 
 import benchmarks
 import lbgap_tf
-from lbgap_tf import data, distribute, models, train
+from lbgap_tf import data, distribute, gap, models, sharpness, train
 
 FLAGS = flags.FLAGS
 
@@ -287,6 +287,55 @@ def define_output_flags() -> None:
     flags.register_validator("output_dir", bool, message="--output_dir must not be empty")
 
 
+def define_networks_flags(*, trials: int) -> None:
+    """--models and --trials of the experiments over several networks (gap, remedies)."""
+    flags.DEFINE_list("models", ["F1"], "Networks, e.g. F1,C1 (Table 1 names).")
+    flags.DEFINE_integer("trials", trials, "Trials per network; trial k uses seed --seed + k.")
+    _validate("trials", lambda v: v >= 1, "--trials must be a positive integer")
+    flags.register_validator("models", lambda names: bool(names) and all(
+        name in models.MODEL_NAMES for name in names),
+        message=f"--models takes names from {', '.join(models.MODEL_NAMES)}, e.g. F1,C1")
+
+
+def define_pair_flags() -> None:
+    """SB and LB batch sizes and epochs. The gap benchmark, the remedies and the figures share
+    these names and meanings, so their runs of the same settings have the same run ids."""
+    flags.DEFINE_integer("sb_batch_size", train.SB_BATCH_SIZE,
+                         "SB GLOBAL batch size (over all replicas); the paper's 256.")
+    flags.DEFINE_integer("lb_batch_size", None,
+                         "LB GLOBAL batch size (over all replicas). Default: --lb_fraction of "
+                         "the training set (the paper's 10%).")
+    flags.DEFINE_integer("sb_epochs", 20, "SB epochs (the cap under --plateau_patience).")
+    flags.DEFINE_integer("lb_epochs", 20, "LB epochs (the cap under --plateau_patience).")
+    for name in ("sb_batch_size", "lb_batch_size", "sb_epochs", "lb_epochs"):
+        _validate(name, lambda v: v >= 1, f"--{name} must be a positive integer")
+
+
+def define_sharpness_flags(*, epsilons=("1e-3",), subspace_dims: tuple[str, ...] | None = (
+        "full",), solvers=("lbfgsb",)) -> None:
+    """The sharpness plan of every measured iterate: box sizes, spaces (no --subspace_dims
+    when ``subspace_dims`` is None: full space only), solvers, iterations, evaluation set."""
+    flags.DEFINE_list("epsilons", list(epsilons), "Sharpness box sizes (Metric 2.1).")
+    if subspace_dims is not None:
+        flags.DEFINE_list("subspace_dims", list(subspace_dims),
+                          "Sharpness spaces: 'full' (Table 3) and/or random subspace "
+                          "dimensions p (Table 4: 100).")
+    flags.DEFINE_list("solvers", list(solvers),
+                      "Sharpness solvers: lbfgsb (the paper's), lbfgsb_scaled (L-BFGS-B in the "
+                      "box-scaled variables y / r) and/or ascent.")
+    flags.DEFINE_integer("sharpness_max_iter", 10, "Sharpness solver iterations (the paper: 10).")
+    flags.DEFINE_integer("sharpness_examples", None,
+                         "Evaluate sharpness on a fixed seeded subset of this many training "
+                         "examples. Default: the whole training set.")
+    flags.DEFINE_integer("sharpness_batch_size", 5000,
+                         "GLOBAL evaluation batch of the sharpness objective (batch-mode BN "
+                         "depends on it; the authors used 5000).")
+    for name in ("sharpness_max_iter", "sharpness_examples", "sharpness_batch_size"):
+        _validate(name, lambda v: v >= 1, f"--{name} must be a positive integer")
+    flags.register_validator("solvers", lambda names: bool(names) and set(names) <= set(
+        sharpness.SOLVERS), message=f"--solvers takes names from {', '.join(sharpness.SOLVERS)}")
+
+
 # --- getters ---------------------------------------------------------------------------------
 
 def synthetic_spec(model: str | None = None) -> data.SyntheticSpec | None:
@@ -336,6 +385,45 @@ def train_config(**overrides) -> train.TrainConfig:
                   synthetic=synthetic_spec())
     values.update(overrides)
     return train.TrainConfig(**values)
+
+
+def networks() -> tuple[str, ...]:
+    """The networks of --models. --dataset=synthetic takes one: its examples take that
+    network's input shape and class count."""
+    if FLAGS.dataset == "synthetic" and len(FLAGS.models) > 1:
+        raise ValueError("--dataset=synthetic takes one network at a time: pass one --models")
+    return tuple(FLAGS.models)
+
+
+def pair_configs(**fields) -> tuple[train.TrainConfig, train.TrainConfig]:
+    """The SB and LB ``TrainConfig``s of the optimization and pair flags, with ``fields``
+    (e.g. model, synthetic) set in both."""
+    shared = dict(optimization_settings(), **fields)
+    return (train.TrainConfig(**shared, regime="SB", batch_size=FLAGS.sb_batch_size,
+                              epochs=FLAGS.sb_epochs),
+            train.TrainConfig(**shared, regime="LB", batch_size=FLAGS.lb_batch_size,
+                              epochs=FLAGS.lb_epochs))
+
+
+def sharpness_plan() -> gap.SharpnessPlan:
+    """The ``gap.SharpnessPlan`` of the sharpness flags (full space only without
+    --subspace_dims)."""
+    try:
+        epsilons = tuple(float(text) for text in FLAGS.epsilons)
+    except ValueError as error:
+        raise sharpness.SharpnessError(
+            f"--epsilons must be numbers, got {FLAGS.epsilons}: e.g. --epsilons=1e-3") from error
+    dims = []
+    for text in FLAGS.subspace_dims if "subspace_dims" in FLAGS else ["full"]:
+        if text != "full" and not (text.isdigit() and int(text) > 0):
+            raise sharpness.SharpnessError(
+                f"--subspace_dims takes 'full' and positive integers, got {text!r}: e.g. "
+                "--subspace_dims=full,100")
+        dims.append(None if text == "full" else int(text))
+    return gap.SharpnessPlan(
+        epsilons=epsilons, subspace_dims=tuple(dims), solvers=tuple(FLAGS.solvers),
+        max_iter=FLAGS.sharpness_max_iter, eval_examples=FLAGS.sharpness_examples,
+        eval_batch_size=FLAGS.sharpness_batch_size)
 
 
 def strategy():

@@ -26,7 +26,7 @@ from lbgap_tf.reporting import plots
 FLAGS = flags.FLAGS
 
 figure_flags.define_figure_flags()
-figure_flags.define_pair_flags()
+common.define_pair_flags()
 # --helpshort lists the shared flags too.
 flags.adopt_module_key_flags(common)
 flags.adopt_module_key_flags(figure_flags)

@@ -18,7 +18,7 @@ import os
 from absl import flags
 
 from benchmarks import common
-from lbgap_tf import gap, models, sharpness, tables, train
+from lbgap_tf import sharpness, tables
 from lbgap_tf.experiments import remedies
 from lbgap_tf.reporting import remedies_table
 
@@ -30,42 +30,15 @@ common.define_data_flags()
 common.define_optimization_flags()
 common.define_distribution_flags()
 common.define_output_flags()
-flags.adopt_module_key_flags(common)  # --helpshort lists the shared flags too.
-
-flags.DEFINE_list("models", ["F1"], "Networks, e.g. F1,C1 (Table 1 names).")
-flags.DEFINE_integer("trials", 1, "Trials per network; trial k uses seed --seed + k.")
+common.define_networks_flags(trials=1)
 flags.DEFINE_list("remedies", ["plain", "sqrt_lr", "ghost_bn", "grow"],
                   "Remedies for LB, each NAME[:KEY=VALUE...] or several joined by +: plain, "
                   "augment, linear_lr, sqrt_lr (warmup=E), ghost_bn (ghost=G), adapt, grow "
                   "(schedule=E@B/E@B), conservative (lambda, iterations), adversarial (eps), "
                   "sam (rho), asam (rho, eta).")
-flags.DEFINE_integer("sb_batch_size", train.SB_BATCH_SIZE,
-                     "SB GLOBAL batch size (over all replicas); the paper's 256.")
-flags.DEFINE_integer("lb_batch_size", None,
-                     "LB GLOBAL batch size (over all replicas). Default: --lb_fraction of the "
-                     "training set (the paper's 10%).")
-flags.DEFINE_integer("sb_epochs", 20, "SB epochs (the cap under --plateau_patience).")
-flags.DEFINE_integer("lb_epochs", 20, "LB epochs (the cap under --plateau_patience).")
-flags.DEFINE_list("epsilons", ["1e-3"], "Sharpness box sizes (Metric 2.1), full space.")
-flags.DEFINE_list("solvers", list(sharpness.SOLVERS),
-                  "Sharpness solvers: lbfgsb (the paper's) and/or ascent.")
-flags.DEFINE_integer("sharpness_max_iter", 10, "Sharpness solver iterations (the paper: 10).")
-flags.DEFINE_integer("sharpness_examples", None,
-                     "Evaluate sharpness on a fixed seeded subset of this many training "
-                     "examples. Default: the whole training set.")
-flags.DEFINE_integer("sharpness_batch_size", 5000,
-                     "GLOBAL evaluation batch of the sharpness objective.")
-
-for _name in ("trials", "sb_batch_size", "lb_batch_size", "sb_epochs", "lb_epochs",
-              "sharpness_max_iter", "sharpness_examples", "sharpness_batch_size"):
-    flags.register_validator(_name, lambda v: v is None or v >= 1,
-                             message=f"--{_name} must be a positive integer")
-flags.register_validator("models", lambda names: bool(names) and all(
-    name in models.MODEL_NAMES for name in names),
-    message=f"--models takes names from {', '.join(models.MODEL_NAMES)}, e.g. F1,C1")
-flags.register_validator("solvers", lambda names: bool(names) and all(
-    name in sharpness.SOLVERS for name in names),
-    message=f"--solvers takes names from {', '.join(sharpness.SOLVERS)}")
+common.define_pair_flags()
+common.define_sharpness_flags(subspace_dims=None, solvers=sharpness.SOLVERS)
+flags.adopt_module_key_flags(common)  # --helpshort lists the shared flags too.
 
 # The remedy flags of the shared group change SB and LB alike; here remedies are per LB run.
 _REMEDY_FLAGS = ("augment", "lr_scaling", "reference_batch", "warmup_epochs", "ghost_batch",
@@ -80,33 +53,16 @@ def remedies_config() -> remedies.RemediesConfig:
         raise remedies.RemedyError(
             f"--{changed[0]} would apply to SB and LB alike: give remedies in --remedies "
             "(e.g. --remedies=plain,sqrt_lr:warmup=2)")
-    try:
-        epsilons = tuple(float(text) for text in FLAGS.epsilons)
-    except ValueError as error:
-        raise sharpness.SharpnessError(
-            f"--epsilons must be numbers, got {FLAGS.epsilons}: e.g. --epsilons=1e-3"
-        ) from error
-    shared = common.optimization_settings()
-    synthetic = common.synthetic_spec(FLAGS.models[0])
-    sb = train.TrainConfig(**shared, regime="SB", batch_size=FLAGS.sb_batch_size,
-                           epochs=FLAGS.sb_epochs, synthetic=synthetic)
-    lb = train.TrainConfig(**shared, regime="LB", batch_size=FLAGS.lb_batch_size,
-                           epochs=FLAGS.lb_epochs, synthetic=synthetic)
-    plan = gap.SharpnessPlan(
-        epsilons=epsilons, subspace_dims=(None,), solvers=tuple(FLAGS.solvers),
-        max_iter=FLAGS.sharpness_max_iter, eval_examples=FLAGS.sharpness_examples,
-        eval_batch_size=FLAGS.sharpness_batch_size)
+    sb, lb = common.pair_configs(synthetic=common.synthetic_spec(FLAGS.models[0]))
     return remedies.RemediesConfig(
-        models=tuple(FLAGS.models), sb=sb, lb=lb,
+        models=common.networks(), sb=sb, lb=lb,
         remedies=remedies.parse_remedies(FLAGS.remedies), trials=FLAGS.trials,
-        first_seed=FLAGS.seed, sharpness=plan)
+        first_seed=FLAGS.seed, sharpness=common.sharpness_plan())
 
 
 def main(argv):
     del argv  # Rejected by common.run when not empty.
     config = remedies_config()
-    if FLAGS.dataset == "synthetic" and len(config.models) > 1:
-        raise ValueError("--dataset=synthetic takes one network at a time: pass one --models")
     outcome = remedies.run(config, output_dir=FLAGS.output_dir, strategy=common.strategy(),
                            data_dirs=common.data_dirs(), quiet=FLAGS.quiet,
                            nondefault_flags=common.nondefault_flags())

@@ -26,8 +26,8 @@ FLAGS = flags.FLAGS
 FIGURE_FILE = "fig5_warm_start.png"
 
 figure_flags.define_figure_flags()
-figure_flags.define_pair_flags()
-figure_flags.define_sharpness_flags()
+common.define_pair_flags()
+common.define_sharpness_flags()
 # --helpshort lists the shared flags too.
 flags.adopt_module_key_flags(common)
 flags.adopt_module_key_flags(figure_flags)
@@ -43,7 +43,7 @@ def warm_start_config() -> warm_start.WarmStartConfig:
     sb, lb = figure_flags.pair_configs()
     return warm_start.WarmStartConfig(
         sb=sb, lb=lb, start_epochs=figure_flags.int_list("start_epochs", FLAGS.start_epochs),
-        trials=FLAGS.trials, first_seed=FLAGS.seed, sharpness=figure_flags.sharpness_plan())
+        trials=FLAGS.trials, first_seed=FLAGS.seed, sharpness=common.sharpness_plan())
 
 
 def main(argv):
