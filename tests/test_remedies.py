@@ -11,7 +11,7 @@ from lbgap_tf.experiments import remedies
 from lbgap_tf.reporting import remedies_table
 from tests import binaries
 
-SPEC = data.SyntheticSpec(num_train=256, num_test=64, input_shape=(16,), num_classes=4,
+SPEC = data.SyntheticSpec(num_train=128, num_test=32, input_shape=(16,), num_classes=4,
                           seed=1, noise=2.0)
 
 
@@ -21,11 +21,11 @@ def _config(remedy_list, **overrides):
     values = dict(
         models=("F1",),
         sb=train.TrainConfig(**settings, regime="SB", batch_size=32),
-        lb=train.TrainConfig(**settings, regime="LB", batch_size=128),
+        lb=train.TrainConfig(**settings, regime="LB", batch_size=64),
         remedies=remedies.parse_remedies(remedy_list),
         sharpness=gap.SharpnessPlan(epsilons=(1e-3,), subspace_dims=(None,),
-                                    solvers=("lbfgsb",), max_iter=2, eval_examples=128,
-                                    eval_batch_size=128))
+                                    solvers=("lbfgsb",), max_iter=1, eval_examples=64,
+                                    eval_batch_size=64))
     values.update(overrides)
     return remedies.RemediesConfig(**values)
 
@@ -90,9 +90,9 @@ def test_remedies_end_to_end_from_the_same_x0(tmp_path):
             assert float(row["gap_closed"]) == pytest.approx(1 - gap_pp / plain)
     assert len({row["lb_run_id"] for row in rows}) == 2
     assert runs[rows[1]["lb_run_id"]]["learning_rate"] == "0.001"  # The reference rate.
-    # Updates and last batch: 2 epochs of 256 // 128 = 2 updates each.
+    # Updates and last batch: 2 epochs of 128 // 64 = 2 updates each.
     assert [(int(r["lb_updates"]), int(r["lb_last_batch"])) for r in rows] == [
-        (4, 128), (4, 128)]
+        (4, 64), (4, 64)]
     # Every run's full-space sharpness is measured once.
     measured = [row["run_id"] for row in outcome.sharpness_rows]
     assert sorted(measured) == sorted(runs)
@@ -120,7 +120,7 @@ def test_a_remedy_that_cannot_apply_fails_before_anything_is_written(tmp_path):
     for remedy, message in [("augment", "F1 takes flat vectors"),
                             ("ghost_bn:ghost=48", "does not divide the per-replica batch"),
                             ("grow:schedule=2@16", "each batch must grow"),
-                            ("grow:schedule=2@512", "at most the training set")]:
+                            ("grow:schedule=2@256", "at most the training set")]:
         config = _config(["plain", remedy])
         with pytest.raises(remedies.RemedyError, match=message):
             remedies.run(config, output_dir=str(tmp_path), quiet=True)
