@@ -13,6 +13,7 @@ import json
 import os
 
 import keras
+from absl import logging
 
 from lbgap_tf import data, models, results, train
 
@@ -58,8 +59,11 @@ def locate(name: str, output_dir: str) -> tuple[str, str, str]:
 
 def load_runs(names: list[str], output_dir: str, strategy) -> list[Run]:
     """The runs ``names`` (default: every completed run of ``<output_dir>/runs.csv``), with
-    their final models loaded under ``strategy``'s scope."""
+    their final models loaded under ``strategy``'s scope. A diverged run (loss NaN or inf) has
+    no minimizer to measure: naming it is an error, and it is skipped with a warning when runs
+    are taken from ``runs.csv``."""
     runs_csv = os.path.join(output_dir, RUNS_FILE)
+    named = bool(names)
     names = names or [row["run_id"] for row in results.read_rows(runs_csv)]
     if not names:
         raise ValueError(f"no completed runs in {runs_csv}: train some with benchmarks.train "
@@ -72,6 +76,13 @@ def load_runs(names: list[str], output_dir: str, strategy) -> list[Run]:
             raise ValueError(f"run {name} is not a completed run: no row with run_id {run_id} in "
                              f"{csv_path}; pass a run id listed there or finish the run with "
                              "benchmarks.train")
+        if rows[0]["stop_reason"] == train.DIVERGED:
+            message = (f"run {run_id} diverged at epoch {rows[0]['epochs_run']} (training loss "
+                       "NaN or inf): its weights are no minimizer, so it has no sharpness")
+            if named:
+                raise ValueError(f"{message}; drop it from --runs")
+            logging.warning("%s: skipped", message)
+            continue
         model_path = os.path.join(run_dir, train.MODEL_FILE)
         if not os.path.exists(model_path):
             raise ValueError(f"run {run_id} has no final model {model_path}: rerun its "
@@ -80,6 +91,8 @@ def load_runs(names: list[str], output_dir: str, strategy) -> list[Run]:
         with strategy.scope():
             model = keras.models.load_model(model_path, compile=False)
         runs.append(Run(run_id, run_dir, config, rows[0], model))
+    if not runs:
+        raise ValueError(f"every run in {runs_csv} diverged: nothing to measure")
     return runs
 
 

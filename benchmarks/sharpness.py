@@ -18,19 +18,15 @@ lock). Every run, data set and setting is checked before the first measurement: 
 input ends in one stderr line and no row.
 """
 
-import dataclasses
-import json
 import math
 import os
 
-import keras
 from absl import flags, logging
 
-from benchmarks import common
-from lbgap_tf import data, distribute, models, results, sharpness, sharpness_rows, train
+from benchmarks import common, run_selection
+from lbgap_tf import data, distribute, results, sharpness, sharpness_rows, train
 
 FLAGS = flags.FLAGS
-RUNS_FILE = "runs.csv"
 SHARPNESS_FILE = "sharpness.csv"
 BENCHMARK = "sharpness"
 FULL = "full"
@@ -96,75 +92,6 @@ flags.register_validator("seed", lambda v: v >= 0, message="--seed must be >= 0"
 flags.register_validator("output_dir", bool, message="--output_dir must not be empty")
 
 
-@dataclasses.dataclass
-class _Run:
-    run_id: str
-    run_dir: str
-    config: train.TrainConfig
-    row: dict
-    model: keras.Model
-
-
-def _read_config(run_dir: str) -> train.TrainConfig:
-    path = os.path.join(run_dir, train.CONFIG_FILE)
-    try:
-        with open(path, encoding="utf-8") as handle:
-            values = dict(json.load(handle)["config"])
-        if values.get("synthetic") is not None:
-            values["synthetic"] = data.SyntheticSpec(**values["synthetic"])
-        return train.TrainConfig(**values)
-    except FileNotFoundError:
-        raise ValueError(f"{path} does not exist: {run_dir} is not a run directory of "
-                         "benchmarks.train") from None
-    except (OSError, KeyError, TypeError, json.JSONDecodeError) as error:
-        raise ValueError(f"cannot read the run configuration {path} ({error}): it was not "
-                         "written by this version of benchmarks.train") from error
-
-
-def _locate(name: str, output_dir: str) -> tuple[str, str, str]:
-    """(run id, run directory, runs.csv) of a run id or a run directory path."""
-    if os.path.isdir(name) and os.path.exists(os.path.join(name, train.CONFIG_FILE)):
-        run_dir = os.path.abspath(name)
-        root = os.path.dirname(os.path.dirname(run_dir))
-        return os.path.basename(run_dir), run_dir, os.path.join(root, RUNS_FILE)
-    return name, os.path.join(output_dir, "runs", name), os.path.join(output_dir, RUNS_FILE)
-
-
-def _load_runs(strategy) -> list[_Run]:
-    output_dir = FLAGS.output_dir
-    runs_csv = os.path.join(output_dir, RUNS_FILE)
-    names = FLAGS.runs or [row["run_id"] for row in results.read_rows(runs_csv)]
-    if not names:
-        raise ValueError(f"no completed runs in {runs_csv}: train some with benchmarks.train "
-                         "and the same --output_dir, or name them with --runs")
-    runs = []
-    for name in dict.fromkeys(names):
-        run_id, run_dir, csv_path = _locate(name, output_dir)
-        rows = [row for row in results.read_rows(csv_path) if row["run_id"] == run_id]
-        if not rows:
-            raise ValueError(f"run {name} is not a completed run: no row with run_id {run_id} in "
-                             f"{csv_path}; pass a run id listed there or finish the run with "
-                             "benchmarks.train")
-        if rows[0]["stop_reason"] == train.DIVERGED:
-            message = (f"run {run_id} diverged at epoch {rows[0]['epochs_run']} (training loss "
-                       "NaN or inf): its weights are no minimizer, so it has no sharpness")
-            if FLAGS.runs:
-                raise ValueError(f"{message}; drop it from --runs")
-            logging.warning("%s: skipped", message)
-            continue
-        model_path = os.path.join(run_dir, train.MODEL_FILE)
-        if not os.path.exists(model_path):
-            raise ValueError(f"run {run_id} has no final model {model_path}: rerun its "
-                             "benchmarks.train command to finish it")
-        config = _read_config(run_dir)
-        with strategy.scope():
-            model = keras.models.load_model(model_path, compile=False)
-        runs.append(_Run(run_id, run_dir, config, rows[0], model))
-    if not runs:
-        raise ValueError(f"every run in {runs_csv} diverged: nothing to measure")
-    return runs
-
-
 def _dims() -> list[int | None]:
     return [None if text == FULL else int(text) for text in dict.fromkeys(FLAGS.subspace_dims)]
 
@@ -177,7 +104,7 @@ def _spaces() -> list[tuple[int | None, str | None]]:
                                  else dict.fromkeys(FLAGS.subspace_distributions))]
 
 
-def _settings(run: _Run, num_train: int) -> tuple[int, int]:
+def _settings(run: run_selection.Run, num_train: int) -> tuple[int, int]:
     """(evaluation examples, GLOBAL evaluation batch) of a run, checked."""
     examples = FLAGS.eval_examples or num_train
     if examples > num_train:
@@ -187,7 +114,7 @@ def _settings(run: _Run, num_train: int) -> tuple[int, int]:
     return examples, batch
 
 
-def _check(runs: list[_Run]) -> None:
+def _check(runs: list[run_selection.Run]) -> None:
     for run in runs:
         num_weights = sum(int(math.prod(v.shape)) for v in run.model.trainable_variables)
         if num_weights == 0:
@@ -201,16 +128,12 @@ def _check(runs: list[_Run]) -> None:
 
 
 def _train_split(config: train.TrainConfig, cache: dict) -> data.SplitData:
-    flatten = models.spec(config.model).flat_input
-    key = (config.dataset, flatten, config.synthetic)
-    if key not in cache:
-        cache[key] = data.load_split(config.dataset, "train", data_dir=FLAGS.data_dir,
-                                     tfds_data_dir=FLAGS.tfds_data_dir, flatten=flatten,
-                                     synthetic=config.synthetic)
-    return cache[key]
+    return run_selection.train_split(config, cache, data_dir=FLAGS.data_dir,
+                                     tfds_data_dir=FLAGS.tfds_data_dir)
 
 
-def _measure(run: _Run, split: data.SplitData, strategy, finished: set, context: dict) -> int:
+def _measure(run: run_selection.Run, split: data.SplitData, strategy, finished: set,
+             context: dict) -> int:
     """Measures what is missing for one run; returns the number of rows written."""
     examples, batch = _settings(run, split.info.num_examples)
     eval_seed = sharpness_rows.subset_seed(examples, split.info.num_examples, FLAGS.seed)
@@ -261,7 +184,7 @@ def _measure(run: _Run, split: data.SplitData, strategy, finished: set, context:
 def main(argv):
     del argv  # Rejected by common.run when not empty.
     strategy = common.strategy()
-    runs = _load_runs(strategy)
+    runs = run_selection.load_runs(FLAGS.runs, FLAGS.output_dir, strategy)
     _check(runs)
     splits: dict = {}
     for run in runs:  # Load (and check) every data set before the first measurement.
