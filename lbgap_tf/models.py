@@ -99,15 +99,33 @@ class ReplicaAwareBatchNormalization(layers.BatchNormalization):
     Keras' synchronised moments all-reduce sum(x) and sum(x^2) and take E[x^2] - E[x]^2 even
     on one device, where float32 cancellation makes the variance measurably wrong at large
     mean/std ratios (a relative error of about ulp(E[x^2]) / var). On one replica this layer
-    computes the two-pass moments instead (``tf.nn.moments``: the mean, then the mean squared
-    deviation from it); with several it synchronises as Keras does, so the statistics are the
-    global batch's on any replica count.
+    computes two-pass moments instead (the mean, then the mean squared deviation from it;
+    ``_two_pass_moments``); with several it synchronises as Keras does, so the statistics are
+    the global batch's on any replica count.
     """
 
     def _moments(self, inputs, mask):
         if self.synchronized and mask is None and _replicas_in_sync() == 1:
-            return ops.moments(inputs, axes=self._reduction_axes, synchronized=False)
+            return _two_pass_moments(inputs, self._reduction_axes)
         return super()._moments(inputs, mask)
+
+
+def _two_pass_moments(inputs, axes):
+    """Mean and (biased) variance of ``inputs`` over ``axes`` by two passes, differentiable
+    twice.
+
+    ``tf.nn.moments`` (and so ``keras.ops.moments``) stops the gradient at the mean inside the
+    variance: first derivatives are unaffected (the variance is stationary in the mean), but
+    second derivatives lose the mean's term, so Hessian-vector products through one-device BN
+    with batch statistics would be wrong. Half-precision inputs are reduced in float32, as
+    ``keras.ops.moments`` does.
+    """
+    dtype = inputs.dtype
+    if dtype in (tf.float16, tf.bfloat16):
+        inputs = tf.cast(inputs, tf.float32)
+    mean = tf.reduce_mean(inputs, axis=axes, keepdims=True)
+    variance = tf.reduce_mean(tf.square(inputs - mean), axis=axes)
+    return tf.cast(tf.squeeze(mean, axis=axes), dtype), tf.cast(variance, dtype)
 
 
 @keras.saving.register_keras_serializable(package="lbgap_tf")

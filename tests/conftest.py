@@ -25,6 +25,7 @@ HOST_CUDA_VISIBLE_DEVICES = os.environ.get("CUDA_VISIBLE_DEVICES", UNSET)
 os.environ["CUDA_VISIBLE_DEVICES"] = "-1"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from lbgap_tf import distribute  # noqa: E402
@@ -36,3 +37,16 @@ if tf.config.list_physical_devices("GPU"):
 
 TEST_CPU_DEVICES = 2
 distribute.split_cpu(TEST_CPU_DEVICES)
+
+
+@pytest.fixture(autouse=True)
+def _collective_keys_of_its_own():
+    """Gives the MirroredStrategy objects of each test collective group keys of their own.
+
+    TensorFlow starts every MirroredStrategy's group keys at 1 + the class attribute
+    ``_collective_key_base`` (instance keys at 100), so a strategy of a later test whose
+    synchronised BN all-reduces tensors of another shape than an earlier test's would fail
+    with "Shape mismatch in the collective instance 100" in this one process.
+    """
+    tf.distribute.MirroredStrategy._collective_key_base += 1000
+    yield
