@@ -22,7 +22,8 @@ def make_rows(*, sb_test, lb_test, sb_sharp, lb_sharp, sb_train=None, lb_train=N
                          "test_accuracy": str(test_acc), "device_kind": "CPU: Test CPU",
                          "precision": "float32", "tf_version": "2.21.0"})
             sharp.append({"run_id": run_id, "model": model, "dataset": dataset,
-                          "regime": regime, "subspace": "full", "subspace_dim": "",
+                          "regime": regime, "seed": str(trial), "subspace": "full",
+                          "subspace_dim": "",
                           "solver": solver, "epsilon": str(epsilon), "sharpness": str(value),
                           "subspace_seed": "", "max_iter": "10", "eval_examples": "1000",
                           "eval_seed": str(trial), "eval_batch_size": "500"})
