@@ -50,3 +50,15 @@ def _collective_keys_of_its_own():
     """
     tf.distribute.MirroredStrategy._collective_key_base += 1000
     yield
+
+
+def pytest_collection_modifyitems(config, items):
+    """Deselects tests marked ``slow`` unless a ``-m`` expression is given (``-m slow`` runs
+    them; BUILD.md lists them): they cover the same code paths as faster tests at a larger
+    scale, and the default suite must fit CI's 10 minutes."""
+    if config.getoption("markexpr"):
+        return
+    slow = [item for item in items if item.get_closest_marker("slow")]
+    if slow:
+        config.hook.pytest_deselected(items=slow)
+        items[:] = [item for item in items if not item.get_closest_marker("slow")]

@@ -30,6 +30,7 @@ def trained(tmp_path_factory):
     return out_dir, row
 
 
+@pytest.mark.slow
 def test_rows_match_the_library_a_rerun_resumes_and_the_density_is_derived(trained):
     out_dir, run_row = trained
     args = [f"--output_dir={out_dir}", *MEASURE]

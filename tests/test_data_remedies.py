@@ -175,6 +175,7 @@ def _stop_after(last):
     return stop
 
 
+@pytest.mark.slow
 def test_batch_growth_visits_its_batches_and_resumes_exactly(tmp_path):
     config = _config(batch_size=32, epochs=3, batch_schedule=((2, 64), (3, 128)),
                      lr_scaling="sqrt", reference_batch=32, warmup_epochs=1)
@@ -193,6 +194,7 @@ def test_batch_growth_visits_its_batches_and_resumes_exactly(tmp_path):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
+@pytest.mark.slow
 def test_augmentation_changes_training_and_resumes_exactly(tmp_path):
     config = _config(model="C1", synthetic=IMAGES, batch_size=32, epochs=2, augment=True)
     plain = _run(dataclasses.replace(config, augment=False, epochs=1), tmp_path / "plain")
@@ -210,6 +212,7 @@ def test_augmentation_changes_training_and_resumes_exactly(tmp_path):
     np.testing.assert_array_equal(np.asarray(augmenter(images, training=False)), images)
 
 
+@pytest.mark.slow
 def test_ghost_bn_on_two_replicas_follows_one_device(tmp_path):
     # Each replica's 32 examples hold two whole ghosts: the ghosts of one device.
     config = _config(ghost_batch=16, epochs=1)

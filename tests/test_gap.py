@@ -290,6 +290,7 @@ def test_binary_rejects_a_malformed_baseline_before_training(tmp_path):
     assert not os.path.exists(tmp_path / "out" / gap.RUNS_FILE)
 
 
+@pytest.mark.slow
 def test_a_diverged_run_fails_the_binary_and_is_never_paired_or_measured(tmp_path):
     """SGD at learning rate 1000: SB (4 steps per epoch) stops as diverged at its first
     non-finite epoch; the gap binary writes no pair or sharpness row and exits 1 before any

@@ -65,6 +65,7 @@ def test_grammar_parses_components_and_parameters():
     assert remedies.gap_closed(-1.0, 0.5) is None
 
 
+@pytest.mark.slow
 def test_remedies_end_to_end_from_the_same_x0(tmp_path):
     # Batch growth trains in tests/test_data_remedies.py; here it is one remedy less to train.
     config = _config(["plain", "sqrt_lr:warmup=1+ghost_bn:ghost=32+sam:rho=0.05"])

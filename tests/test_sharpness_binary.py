@@ -94,6 +94,7 @@ def test_bad_input_is_one_line_and_no_row_with_tensorflow_logging_on(trained, tm
     assert np.isfinite(float(run_row["train_loss"]))
 
 
+@pytest.mark.slow
 def test_full_space_rows_name_their_subset_and_another_seed_measures_again(trained, tmp_path):
     out_dir, run_row = trained
     run_dir = out_dir / "runs" / run_row["run_id"]

@@ -55,6 +55,7 @@ def test_a_run_writes_one_complete_row_and_a_rerun_adds_none(tmp_path):
     assert len(results.read_rows(out_dir / "runs.csv")) == 1
 
 
+@pytest.mark.slow
 def test_a_killed_run_resumes_to_the_uninterrupted_weights(tmp_path):
     """SIGKILL right after epoch 2's checkpoint (the binary's test hook), then the same command
     again: the run resumes at epoch 3 and ends with the weights of an uninterrupted run."""
@@ -255,6 +256,7 @@ def test_an_unknown_model_on_the_command_line_is_one_line_without_traceback(tmp_
 
 @pytest.mark.parametrize("case", ["unwritable output folder", "batch not divisible",
                                   "missing x0"])
+@pytest.mark.slow
 def test_bad_input_in_a_real_process_is_one_line_without_traceback(tmp_path, case):
     """The real binary (not its main called in-process): one error line, exit status 1,
     nothing written. /proc cannot hold a folder, not even for root."""
