@@ -17,18 +17,15 @@ This binary reads CSV files only and does not import TensorFlow, so it starts in
 of a second; it reports its own time.
 """
 
-import os
-import sys
 import time
 
-from absl import app, flags
+from absl import flags
 
-from lbgap_tf import results
+from benchmarks import csv_only
 from lbgap_tf.reporting import comparison, resultsets, setups_table
 
 FLAGS = flags.FLAGS
 TABLE_NAME = "compare"
-EXIT_FLAG_ERROR, EXIT_RUN_ERROR = 2, 1
 
 flags.DEFINE_list("results", None, "Result folders to merge (two or more), e.g. "
                   "results/cpu_setups,/data/gpu_results.")
@@ -100,29 +97,5 @@ def main(argv):
     print(f"Comparison: {csv_path}, {md_path}")
 
 
-def _fail(message, status):
-    sys.stderr.write(f"compare.py: error: {' '.join(str(message).split())}\n")
-    sys.exit(status)
-
-
-def _parse(argv):
-    try:
-        remaining = FLAGS(argv)
-    except flags.Error as error:
-        _fail(f"{error} (see --helpfull)", EXIT_FLAG_ERROR)
-    if len(remaining) > 1:
-        _fail(f"unexpected arguments {remaining[1:]}: pass every setting as --name=value",
-              EXIT_FLAG_ERROR)
-    return remaining
-
-
-def _guarded(argv):
-    try:
-        main(argv)
-    except (ValueError, results.ResultsError) as error:
-        _fail(error, EXIT_RUN_ERROR)
-
-
 if __name__ == "__main__":
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    app.run(_guarded, flags_parser=_parse)
+    csv_only.run(main)

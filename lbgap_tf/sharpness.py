@@ -73,10 +73,9 @@ import scipy.optimize
 import tensorflow as tf
 
 from lbgap_tf import evaluation
+from lbgap_tf.subspaces import DEFAULT_SUBSPACE_DISTRIBUTION, SUBSPACE_DISTRIBUTIONS
 
 SOLVERS = ("lbfgsb", "lbfgsb_scaled", "ascent")
-SUBSPACE_DISTRIBUTIONS = ("normal", "normal_1_over_p", "uniform", "uniform_unit_columns")
-DEFAULT_SUBSPACE_DISTRIBUTION = "normal"
 # lbfgsb_scaled: coordinates whose slope at y = 0 is at least this fraction of the steepest
 # reach a face of the box on the first step.
 SCALED_FIRST_STEP_SLOPE = 1e-6

@@ -17,9 +17,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING
 
-from lbgap_tf import results, sharpness
-from lbgap_tf.sharpness import SharpnessResult
+from lbgap_tf import results
+from lbgap_tf.subspaces import DEFAULT_SUBSPACE_DISTRIBUTION
+
+if TYPE_CHECKING:  # The row modules import without TensorFlow.
+    from lbgap_tf.sharpness import SharpnessResult
 
 # Columns copied from the training run's row (runs.csv).
 RUN_PROVENANCE = ("run_id", "model", "dataset", "regime", "global_batch_size", "seed",
@@ -49,7 +53,7 @@ def subset_seed(eval_examples: int, num_train: int, seed: int) -> int | None:
 def measurement_key(run_id: str, *, subspace_dim: int | None, subspace_seed: int,
                     epsilon: float, solver: str, max_iter: int, eval_examples: int,
                     eval_seed: int | None, eval_batch_size: int,
-                    subspace_distribution: str = sharpness.DEFAULT_SUBSPACE_DISTRIBUTION
+                    subspace_distribution: str = DEFAULT_SUBSPACE_DISTRIBUTION
                     ) -> tuple[str, ...]:
     """The key of a measurement in the string form CSV rows give back (see ``KEY_COLUMNS``).
 
