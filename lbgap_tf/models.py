@@ -164,8 +164,8 @@ class GhostBatchNormalization(layers.BatchNormalization):
     its own slice; never synchronised across replicas) is cut into consecutive chunks of
     ``ghost_batch`` examples, and every chunk is normalised with its own mean and (biased)
     variance, as if it had been a small batch of its own. The moving statistics move toward
-    the average of the chunks' means and variances (the momentum update of Keras BN, once per
-    step). At inference it is standard Keras BN (moving statistics). Same weights as
+    the average of the chunks' means and variances over the GLOBAL batch (all-reduced across
+    replicas; the momentum update of Keras BN, once per step). At inference it is standard Keras BN (moving statistics). Same weights as
     ``BatchNormalization``, so x0 files and checkpoints are interchangeable with plain BN.
     A ghost batch of the whole (per-replica) batch is plain, unsynchronised BN.
     """
@@ -201,6 +201,13 @@ class GhostBatchNormalization(layers.BatchNormalization):
         outputs = ops.reshape(outputs, ops.shape(inputs))
         step_mean = ops.reshape(ops.mean(mean, axis=0), (-1,))
         step_variance = ops.reshape(ops.mean(variance, axis=0), (-1,))
+        context = tf.distribute.get_replica_context()
+        if context is not None and context.num_replicas_in_sync > 1:
+            # Keras keeps one unaggregated copy of the moving statistics per replica and saves
+            # the first: every replica moves its copy by the mean over ALL ghosts of the
+            # global batch, so the copies stay equal and the saved model is every replica's.
+            step_mean, step_variance = context.all_reduce(
+                tf.distribute.ReduceOp.MEAN, [step_mean, step_variance])
         self.moving_mean.assign(
             ops.cast(self.moving_mean, inputs.dtype) * self.momentum
             + step_mean * (1.0 - self.momentum))

@@ -82,6 +82,28 @@ def test_a_ghost_batch_of_the_whole_batch_is_plain_bn():
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
 
 
+def test_ghost_bn_moving_statistics_are_the_global_batch_s_on_every_replica():
+    # 2 replicas x 2 ghosts of 4 examples: each replica's copy of the moving statistics moves
+    # toward the mean over all 4 ghosts, so the copies agree and the saved (first) is right.
+    x = np.random.default_rng(3).normal(loc=2.0, size=(16, 5)).astype(np.float32)
+    x[8:] *= 3.0  # Replica 1's slice has other statistics than replica 0's.
+    strategy = distribute.get_strategy("mirrored")
+    assert strategy.num_replicas_in_sync == 2
+    with strategy.scope():
+        layer = models.GhostBatchNormalization(4, momentum=0.9)
+        layer.build((None, 5))
+    inputs = strategy.experimental_distribute_values_from_function(
+        lambda context: x[8 * context.replica_id_in_sync_group:][:8])
+    strategy.run(tf.function(lambda batch: layer(batch, training=True)), args=(inputs,))
+    ghosts = x.reshape(4, 4, 5)
+    mean = ghosts.mean(axis=1).mean(axis=0)
+    variance = ghosts.var(axis=1).mean(axis=0)
+    for copy in strategy.experimental_local_results(layer.moving_mean):
+        np.testing.assert_allclose(np.asarray(copy), 0.1 * mean, rtol=1e-5)
+    for copy in strategy.experimental_local_results(layer.moving_variance):
+        np.testing.assert_allclose(np.asarray(copy), 0.9 + 0.1 * variance, rtol=1e-5)
+
+
 def test_ghost_bn_models_save_and_use_batch_statistics_in_batch_mode(tmp_path):
     model = models.build("F1", input_shape=(16,), num_classes=4, bn_mode="batch",
                          ghost_batch=8)
