@@ -165,8 +165,9 @@ class GhostBatchNormalization(layers.BatchNormalization):
     ``ghost_batch`` examples, and every chunk is normalised with its own mean and (biased)
     variance, as if it had been a small batch of its own. The moving statistics move toward
     the average of the chunks' means and variances over the GLOBAL batch (all-reduced across
-    replicas; the momentum update of Keras BN, once per step). At inference it is standard Keras BN (moving statistics). Same weights as
-    ``BatchNormalization``, so x0 files and checkpoints are interchangeable with plain BN.
+    replicas; the momentum update of Keras BN, once per step). At inference it is standard
+    Keras BN (moving statistics). Same weights as ``BatchNormalization``, so x0 files and
+    checkpoints are interchangeable with plain BN.
     A ghost batch of the whole (per-replica) batch is plain, unsynchronised BN.
     """
 
