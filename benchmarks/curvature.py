@@ -35,8 +35,6 @@ DENSITY_CSV, DENSITY_PNG = "spectral_density.csv", "spectral_density.png"
 BENCHMARK = "curvature"
 DEFAULTS = curvature.CurvatureConfig()
 
-flags.DEFINE_list("runs", [], "Run ids under <output_dir>/runs/ or run directories written by "
-                  "benchmarks.train. Default: every completed run in <output_dir>/runs.csv.")
 flags.DEFINE_list("measures", list(curvature.MEASURES),
                   "Measures: top_eigenvalues (eigsh, which=LA), min_eigenvalue (which=SA), "
                   "trace (Hutchinson), density (stochastic Lanczos quadrature), adaptive_linf "
@@ -61,20 +59,12 @@ flags.DEFINE_integer("ascent_steps", DEFAULTS.ascent_steps,
                      "Steps of the adaptive-sharpness ascents.")
 flags.DEFINE_enum("hvp_method", "auto", ("auto",) + curvature.HVP_METHODS,
                   "Hessian-vector products: auto times both methods and keeps the faster.")
-flags.DEFINE_integer("eval_examples", None, "Evaluate on a fixed subset of this many "
-                     "training examples (drawn from --seed). Default: the whole training set.")
-flags.DEFINE_integer("eval_batch_size", None, "GLOBAL evaluation batch (batch-statistics BN "
-                     "depends on it). Default: the run's own eval_batch_size (5000).")
-flags.DEFINE_string("data_dir", None, "Folder with local copies of the data files "
-                    "(see BUILD.md, 'Preparing data').")
-flags.DEFINE_string("tfds_data_dir", None, "TensorFlow Datasets data folder.")
+run_selection.define_flags(
+    receives="curvature.csv and the spectral density CSV and PNG",
+    seed_help="Seed of the probes, of eigsh's start vector and of the evaluation subset.")
 common.define_strategy_flags()
-flags.adopt_module_key_flags(common)  # --helpshort lists the strategy flags too.
-flags.DEFINE_string("output_dir", "results/", "Holds runs.csv and runs/ of benchmarks.train; "
-                    "receives curvature.csv and the spectral density CSV and PNG.")
-flags.DEFINE_integer("seed", 0, "Seed of the probes, of eigsh's start vector and of the "
-                     "evaluation subset.")
-flags.DEFINE_bool("quiet", False, "Log warnings and errors only (for CI).")
+flags.adopt_module_key_flags(common)  # --helpshort lists the shared flags too.
+flags.adopt_module_key_flags(run_selection)
 
 
 def _positive(name: str) -> None:
@@ -88,12 +78,6 @@ for _name in ("k", "eigen_tol", "eigen_max_hvps", "trace_tol", "trace_min_probes
     _positive(_name)
 flags.register_validator("measures", lambda v: bool(v) and set(v) <= set(curvature.MEASURES),
                          message=f"--measures must be among {','.join(curvature.MEASURES)}")
-flags.register_validator("eval_examples", lambda v: v is None or v >= 1,
-                         message="--eval_examples must be >= 1 (or unset for all examples)")
-flags.register_validator("eval_batch_size", lambda v: v is None or v >= 1,
-                         message="--eval_batch_size must be >= 1")
-flags.register_validator("seed", lambda v: v >= 0, message="--seed must be >= 0")
-flags.register_validator("output_dir", bool, message="--output_dir must not be empty")
 
 
 def _config() -> curvature.CurvatureConfig:
@@ -106,16 +90,6 @@ def _config() -> curvature.CurvatureConfig:
         seed=FLAGS.seed)
 
 
-def _settings(run: run_selection.Run, num_train: int) -> tuple[int, int, int | None]:
-    """(evaluation examples, GLOBAL evaluation batch, subset seed or None) of a run."""
-    examples = FLAGS.eval_examples or num_train
-    if examples > num_train:
-        raise ValueError(f"--eval_examples={examples} exceeds the {num_train} training examples "
-                         f"of run {run.run_id}: pass at most {num_train}")
-    batch = min(FLAGS.eval_batch_size or run.config.eval_batch_size, examples)
-    return examples, batch, (FLAGS.seed if examples < num_train else None)
-
-
 def _check(runs: list[run_selection.Run], config: curvature.CurvatureConfig) -> None:
     for run in runs:
         num_weights = sum(int(math.prod(v.shape)) for v in run.model.trainable_variables)
@@ -123,12 +97,14 @@ def _check(runs: list[run_selection.Run], config: curvature.CurvatureConfig) -> 
             config.check_against(num_weights)
         except curvature.CurvatureError as error:
             raise ValueError(f"run {run.run_id}: {error}") from None
-        _settings(run, int(run.row["num_train"]))
+        run_selection.evaluation_settings(run.run_id, run.config.eval_batch_size,
+                                          int(run.row["num_train"]))
 
 
 def _measure(run, split, strategy, config, finished: set, context: dict) -> int:
     """Measures what is missing for one run; returns the number of rows written."""
-    examples, batch, subset_seed = _settings(run, split.info.num_examples)
+    examples, batch, subset_seed = run_selection.evaluation_settings(
+        run.run_id, run.config.eval_batch_size, split.info.num_examples)
     missing = [m for m in config.measures if curvature_rows.measurement_key(
         run.run_id, m, config.settings(m), eval_examples=examples, eval_batch_size=batch,
         subset_seed=subset_seed) not in finished]
@@ -183,14 +159,13 @@ def main(argv):
     runs = run_selection.load_runs(FLAGS.runs, FLAGS.output_dir, strategy)
     _check(runs, config)
     splits: dict = {}
-    dirs = {"data_dir": FLAGS.data_dir, "tfds_data_dir": FLAGS.tfds_data_dir}
     for run in runs:  # Load (and check) every data set before the first measurement.
-        run_selection.train_split(run.config, splits, **dirs)
+        run_selection.split_of(run.config, splits)
     path = os.path.join(FLAGS.output_dir, CURVATURE_FILE)
     context = {"strategy": distribute.describe(strategy), "flags": common.nondefault_flags(),
                "chief": train.is_chief(strategy), "path": path}
     finished = curvature_rows.finished_keys(results.read_rows(path))
-    written = sum(_measure(run, run_selection.train_split(run.config, splits, **dirs),
+    written = sum(_measure(run, run_selection.split_of(run.config, splits),
                            strategy, config, finished, context) for run in runs)
     if context["chief"]:
         _derive_density(path)

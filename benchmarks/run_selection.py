@@ -4,8 +4,9 @@ A run is named by its run id under ``<output_dir>/runs/`` or by its run director
 live in another output folder; its ``runs.csv`` is the one two levels up). Every named run is
 checked (a completed row in ``runs.csv``, a final ``model.keras``, a readable config) before
 any is measured, and a problem raises a ``ValueError`` naming the run and the fix, which a
-binary turns into its one error line. The measurement binaries share this selection so they
-measure the same runs the same way.
+binary turns into its one error line. The measurement binaries share this selection, its
+flags (``define_flags``: which runs, on which evaluation data, where) and the evaluation
+settings of a run (``evaluation_settings``), so they measure the same runs the same way.
 """
 
 import dataclasses
@@ -13,11 +14,57 @@ import json
 import os
 
 import keras
-from absl import logging
+from absl import flags, logging
 
-from lbgap_tf import data, models, results, train
+from lbgap_tf import data, models, results, sharpness_rows, train
+
+FLAGS = flags.FLAGS
 
 RUNS_FILE = "runs.csv"
+
+
+def define_flags(*, receives: str, seed_help: str) -> None:
+    """--runs, --eval_examples, --eval_batch_size, --data_dir, --tfds_data_dir,
+    --output_dir (which ``receives`` the binary's rows), --seed (``seed_help``) and --quiet,
+    with their checks. A binary adopts them with ``flags.adopt_module_key_flags``."""
+    flags.DEFINE_list("runs", [], "Run ids under <output_dir>/runs/ or run directories "
+                      "written by benchmarks.train. Default: every completed run in "
+                      "<output_dir>/runs.csv.")
+    flags.DEFINE_integer("eval_examples", None, "Evaluate on a fixed subset of this many "
+                         "training examples (drawn from --seed). Default: the whole training "
+                         "set.")
+    flags.DEFINE_integer("eval_batch_size", None, "GLOBAL evaluation batch (batch-statistics "
+                         "BN depends on it). Default: the run's own eval_batch_size (5000).")
+    flags.DEFINE_string("data_dir", None, "Folder with local copies of the data files "
+                        "(see BUILD.md, 'Preparing data').")
+    flags.DEFINE_string("tfds_data_dir", None, "TensorFlow Datasets data folder.")
+    flags.DEFINE_string("output_dir", "results/", "Holds runs.csv and runs/ of "
+                        f"benchmarks.train; receives {receives}.")
+    flags.DEFINE_integer("seed", 0, seed_help)
+    flags.DEFINE_bool("quiet", False, "Log warnings and errors only (for CI).")
+    flags.register_validator("eval_examples", lambda v: v is None or v >= 1,
+                             message="--eval_examples must be >= 1 (or unset for all examples)")
+    flags.register_validator("eval_batch_size", lambda v: v is None or v >= 1,
+                             message="--eval_batch_size must be >= 1")
+    flags.register_validator("seed", lambda v: v >= 0, message="--seed must be >= 0")
+    flags.register_validator("output_dir", bool, message="--output_dir must not be empty")
+
+
+def evaluation_settings(run_id: str, run_eval_batch_size: int, num_train: int
+                        ) -> tuple[int, int, int | None]:
+    """(evaluation examples, GLOBAL evaluation batch, subset seed or None for the whole
+    training set) of a run under --eval_examples, --eval_batch_size and --seed, checked."""
+    examples = FLAGS.eval_examples or num_train
+    if examples > num_train:
+        raise ValueError(f"--eval_examples={examples} exceeds the {num_train} training examples "
+                         f"of run {run_id}: pass at most {num_train}")
+    batch = min(FLAGS.eval_batch_size or run_eval_batch_size, examples)
+    return examples, batch, sharpness_rows.subset_seed(examples, num_train, FLAGS.seed)
+
+
+def split_of(config: train.TrainConfig, cache: dict) -> data.SplitData:
+    """``train_split`` with the data folders of --data_dir and --tfds_data_dir."""
+    return train_split(config, cache, data_dir=FLAGS.data_dir, tfds_data_dir=FLAGS.tfds_data_dir)
 
 
 @dataclasses.dataclass

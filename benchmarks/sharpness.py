@@ -44,8 +44,6 @@ def _is_space(text: str) -> bool:
     return text == FULL or (text.isdigit() and int(text) >= 1)
 
 
-flags.DEFINE_list("runs", [], "Run ids under <output_dir>/runs/ or run directories written by "
-                  "benchmarks.train. Default: every completed run in <output_dir>/runs.csv.")
 flags.DEFINE_list("epsilons", ["1e-3", "5e-4"], "Box sizes eps (the paper: 1e-3, 5e-4).")
 flags.DEFINE_list("subspace_dims", [FULL], "Spaces: 'full' (Table 3) and/or random subspace "
                   "dimensions p (Table 4: 100), e.g. full,100.")
@@ -58,19 +56,11 @@ flags.DEFINE_list("solvers", ["lbfgsb", "ascent"],
                   "(the same in the box-scaled variables y / r, bounds +-1) and/or ascent "
                   "(projected sign-gradient ascent in one tf.function).")
 flags.DEFINE_integer("max_iter", 10, "Solver iterations (the paper: 10 L-BFGS-B iterations).")
-flags.DEFINE_integer("eval_examples", None, "Evaluate f on a fixed subset of this many "
-                     "training examples (drawn from --seed). Default: the whole training set.")
-flags.DEFINE_integer("eval_batch_size", None, "GLOBAL evaluation batch of f (batch-statistics "
-                     "BN depends on it). Default: the run's own eval_batch_size (5000).")
-flags.DEFINE_string("data_dir", None, "Folder with local copies of the data files "
-                    "(see BUILD.md, 'Preparing data').")
-flags.DEFINE_string("tfds_data_dir", None, "TensorFlow Datasets data folder.")
+run_selection.define_flags(receives="sharpness.csv",
+                           seed_help="Seed of the random subspaces and of the evaluation subset.")
 common.define_strategy_flags()
-flags.adopt_module_key_flags(common)  # --helpshort lists the strategy flags too.
-flags.DEFINE_string("output_dir", "results/", "Holds runs.csv and runs/ of benchmarks.train; "
-                    "receives sharpness.csv.")
-flags.DEFINE_integer("seed", 0, "Seed of the random subspaces and of the evaluation subset.")
-flags.DEFINE_bool("quiet", False, "Log warnings and errors only (for CI).")
+flags.adopt_module_key_flags(common)  # --helpshort lists the shared flags too.
+flags.adopt_module_key_flags(run_selection)
 
 flags.register_validator("epsilons", lambda v: bool(v) and all(map(_is_float_above_zero, v)),
                          message="--epsilons must be numbers > 0, e.g. 1e-3,5e-4")
@@ -84,12 +74,6 @@ flags.register_validator(
     lambda v: bool(v) and set(v) <= set(sharpness.SUBSPACE_DISTRIBUTIONS),
     message=f"--subspace_distributions must be among {','.join(sharpness.SUBSPACE_DISTRIBUTIONS)}")
 flags.register_validator("max_iter", lambda v: v >= 1, message="--max_iter must be >= 1")
-flags.register_validator("eval_examples", lambda v: v is None or v >= 1,
-                         message="--eval_examples must be >= 1 (or unset for all examples)")
-flags.register_validator("eval_batch_size", lambda v: v is None or v >= 1,
-                         message="--eval_batch_size must be >= 1")
-flags.register_validator("seed", lambda v: v >= 0, message="--seed must be >= 0")
-flags.register_validator("output_dir", bool, message="--output_dir must not be empty")
 
 
 def _dims() -> list[int | None]:
@@ -104,16 +88,6 @@ def _spaces() -> list[tuple[int | None, str | None]]:
                                  else dict.fromkeys(FLAGS.subspace_distributions))]
 
 
-def _settings(run: run_selection.Run, num_train: int) -> tuple[int, int]:
-    """(evaluation examples, GLOBAL evaluation batch) of a run, checked."""
-    examples = FLAGS.eval_examples or num_train
-    if examples > num_train:
-        raise ValueError(f"--eval_examples={examples} exceeds the {num_train} training examples "
-                         f"of run {run.run_id}: pass at most {num_train}")
-    batch = min(FLAGS.eval_batch_size or run.config.eval_batch_size, examples)
-    return examples, batch
-
-
 def _check(runs: list[run_selection.Run]) -> None:
     for run in runs:
         num_weights = sum(int(math.prod(v.shape)) for v in run.model.trainable_variables)
@@ -124,19 +98,15 @@ def _check(runs: list[run_selection.Run]) -> None:
                 raise ValueError(f"--subspace_dims has {dim}, more than the {num_weights} "
                                  f"trainable weights of run {run.run_id}: pass at most "
                                  f"{num_weights}")
-        _settings(run, int(run.row["num_train"]))
-
-
-def _train_split(config: train.TrainConfig, cache: dict) -> data.SplitData:
-    return run_selection.train_split(config, cache, data_dir=FLAGS.data_dir,
-                                     tfds_data_dir=FLAGS.tfds_data_dir)
+        run_selection.evaluation_settings(run.run_id, run.config.eval_batch_size,
+                                          int(run.row["num_train"]))
 
 
 def _measure(run: run_selection.Run, split: data.SplitData, strategy, finished: set,
              context: dict) -> int:
     """Measures what is missing for one run; returns the number of rows written."""
-    examples, batch = _settings(run, split.info.num_examples)
-    eval_seed = sharpness_rows.subset_seed(examples, split.info.num_examples, FLAGS.seed)
+    examples, batch, eval_seed = run_selection.evaluation_settings(
+        run.run_id, run.config.eval_batch_size, split.info.num_examples)
     epsilons = [float(e) for e in dict.fromkeys(FLAGS.epsilons)]
     problem, written = None, 0
     for dim, distribution in _spaces():
@@ -188,13 +158,13 @@ def main(argv):
     _check(runs)
     splits: dict = {}
     for run in runs:  # Load (and check) every data set before the first measurement.
-        _train_split(run.config, splits)
+        run_selection.split_of(run.config, splits)
     path = os.path.join(FLAGS.output_dir, SHARPNESS_FILE)
     context = {"strategy": distribute.describe(strategy), "flags": common.nondefault_flags(),
                "chief": train.is_chief(strategy), "path": path}
     finished = sharpness_rows.finished_keys(results.read_rows(path))
-    written = sum(_measure(run, _train_split(run.config, splits), strategy, finished, context)
-                  for run in runs)
+    written = sum(_measure(run, run_selection.split_of(run.config, splits), strategy, finished,
+                           context) for run in runs)
     print(f"{written} new sharpness row(s) for {len(runs)} run(s) -> {path}")
 
 

@@ -243,6 +243,26 @@ def provenance(strategy=None) -> dict[str, object]:
     return record
 
 
+def measured_where(strategy: Mapping[str, object], precision: str,
+                   nondefault_flags: str = "") -> dict[str, object]:
+    """The closing columns of a measurement row: where it ran (``strategy``, a
+    ``distribute.describe`` dict: strategy, replicas, device_kind), the model's ``precision``,
+    the software (tf_version, keras_version, git_revision), when it finished (UTC) and the
+    binary's non-default flags."""
+    record = provenance()
+    return {
+        "strategy": strategy["strategy"],
+        "replicas": strategy["replicas"],
+        "device_kind": strategy["device_kind"],
+        "precision": precision,
+        "tf_version": record["tf_version"],
+        "keras_version": record["keras_version"],
+        "git_revision": record["git_revision"],
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "nondefault_flags": nondefault_flags,
+    }
+
+
 def new_run_id(key: Mapping[str, object] | None = None, *, prefix: str = "") -> str:
     """A run id: deterministic from ``key`` when given, else unique.
 

@@ -15,7 +15,6 @@ skipping, and every row (full space included) says which subset it used.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING
 
@@ -97,7 +96,6 @@ def sharpness_row(result: SharpnessResult, run_row: Mapping[str, object], *, ben
     from where the run was trained; ``precision`` is the model's dtype policy; ``eval_seed``
     the seed of the evaluation subset (None: the whole training set; see ``subset_seed``).
     """
-    provenance = results.provenance()
     full = result.subspace_dim is None
     row = {column: run_row[column] for column in RUN_PROVENANCE}
     row.update({
@@ -128,14 +126,6 @@ def sharpness_row(result: SharpnessResult, run_row: Mapping[str, object], *, ben
         "eval_seed": eval_seed,
         "eval_batch_size": result.eval_batch_size,
         "bn_mode": result.bn_mode,
-        "strategy": strategy["strategy"],
-        "replicas": strategy["replicas"],
-        "device_kind": strategy["device_kind"],
-        "precision": precision,
-        "tf_version": provenance["tf_version"],
-        "keras_version": provenance["keras_version"],
-        "git_revision": provenance["git_revision"],
-        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "nondefault_flags": nondefault_flags,
     })
+    row.update(results.measured_where(strategy, precision, nondefault_flags))
     return row

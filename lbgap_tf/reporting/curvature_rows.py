@@ -12,7 +12,6 @@ and weights) are JSON arrays in one cell. Nothing here imports TensorFlow.
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterable, Mapping
 
 from lbgap_tf import results
@@ -70,7 +69,6 @@ def curvature_row(result, problem, run_row: Mapping[str, object], *, benchmark: 
     ``strategy`` describes where the measurement ran (``distribute.describe``), ``precision``
     is the model's dtype policy.
     """
-    provenance = results.provenance()
     row = {column: run_row[column] for column in RUN_PROVENANCE}
     costs = {method: round(cost, 4) for method, cost in sorted(problem.hvp_costs.items())}
     row.update({
@@ -100,14 +98,6 @@ def curvature_row(result, problem, run_row: Mapping[str, object], *, benchmark: 
         "eval_batch_size": problem.eval_batch_size,
         "subset_seed": subset_seed,
         "bn_mode": problem.bn_mode,
-        "strategy": strategy["strategy"],
-        "replicas": strategy["replicas"],
-        "device_kind": strategy["device_kind"],
-        "precision": precision,
-        "tf_version": provenance["tf_version"],
-        "keras_version": provenance["keras_version"],
-        "git_revision": provenance["git_revision"],
-        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "nondefault_flags": nondefault_flags,
     })
+    row.update(results.measured_where(strategy, precision, nondefault_flags))
     return row
