@@ -2,7 +2,7 @@
 
 import pytest
 
-from lbgap_tf.experiments import progress
+from lbgap_tf.experiments import common, progress
 
 
 class FakeClock:
@@ -113,3 +113,19 @@ def test_resumed_work_leaves_only_what_is_left():
     tracker.end(stage)
     assert tracker.costs.cost("LB epoch") == pytest.approx(2.0)
     assert tracker.estimate().seconds == 0 and tracker.estimate().untimed == {}
+
+
+def test_figure_progress_eta_is_the_pace_of_every_stage_done():
+    # A training of 120 s, then two cheap stages of 1 s: a median would promise 1 s per stage
+    # left; the pace so far is (120 + 1 + 1) / 3 s per stage.
+    clock, lines = FakeClock(), []
+    tracker = common.Progress("remedies", 6, clock=clock,
+                              log=lambda fmt, *args: lines.append(fmt % args))
+    tracker.stage("training")
+    for seconds, name in ((120.0, "sharpness"), (1.0, "recording"), (1.0, "training")):
+        clock.now += seconds
+        tracker.stage(name)
+    assert lines[0] == "[remedies 1/6, 0.0 min elapsed] training"
+    # 122 s / 3 stages done x 3 stages left (the one starting and two more) = 122 s.
+    assert lines[-1] == ("[remedies 4/6, 2.0 min elapsed, ETA 2.0 min at the pace so far] "
+                         "training")
