@@ -140,3 +140,25 @@ def test_binary_refuses_a_bad_remedy_in_one_line(tmp_path):
     message = binaries.error_message(err, "remedies.py", only_own_line=False)
     assert "F1 takes flat vectors" in message
     assert os.listdir(tmp_path) == []
+
+
+def _line(run, remedy, test, gap_pp, closed, sharp, trials, std=None):
+    return {"model": "F1", "dataset": "fashion_mnist", "run": run, "remedy": remedy,
+            "trials": trials, "test_accuracy_pct": test, "test_accuracy_pct_std": std,
+            "train_accuracy_pct": 99.0, "train_accuracy_pct_std": std, "gap_pp": gap_pp,
+            "gap_pp_std": std, "gap_closed": closed, "gap_closed_std": std,
+            "sharpness_lbfgsb_eps0.001": sharp, "sharpness_lbfgsb_eps0.001_std": std,
+            "epochs": 20, "updates": 200, "wall_time_s": 100.0}
+
+
+@pytest.mark.parametrize("trials, std", [(1, None), (3, 0.25)])
+def test_one_trial_shows_no_spread_and_says_its_verdicts_are_hints(trials, std):
+    table = [_line("SB", "", 89.5, None, None, 25.0, trials, std),
+             _line("LB", "plain", 88.5, 1.0, 0.0, 800.0, trials, std),
+             _line("LB", "sqrt_lr", 89.3, 0.2, 0.8, 200.0, trials, std)]
+    text = remedies_table.markdown(table)
+    assert ("± " in text) == (trials > 1)
+    assert ("no spread known" in text) == (trials == 1)
+    assert ("ONE trial" in text) == (trials == 1)
+    assert "- sqrt_lr: gap +0.20 pp, 80% of the plain gap closed (closes it); sharpness 200 " \
+           "vs plain LB 800 (0.25x: flatter)" in text

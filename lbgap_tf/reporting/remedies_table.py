@@ -21,10 +21,13 @@ STILL_SHARP = 0.5
 
 
 def _mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:
+    """Mean and sample std of the finite values; the std is None (no spread is known) for
+    fewer than two."""
     values = [v for v in values if v is not None and not math.isnan(v)]
     if not values:
         return None, None
-    return results.mean_std(values)
+    mean, std = results.mean_std(values)
+    return mean, (std if len(values) > 1 else None)
 
 
 def _float(value) -> float | None:
@@ -116,7 +119,9 @@ def markdown(rows: Sequence[dict], *, wall_time_s: float | None = None) -> str:
     networks = list(dict.fromkeys((row["model"], row["dataset"]) for row in rows))
     for model, dataset in networks:
         group = [row for row in rows if (row["model"], row["dataset"]) == (model, dataset)]
-        lines += [f"## {model} on {dataset} ({group[0]['trials']} trial(s), mean ± std)", ""]
+        trials = int(group[0]["trials"])
+        spread = "mean ± std" if trials > 1 else "no spread known"
+        lines += [f"## {model} on {dataset} ({trials} trial(s), {spread})", ""]
         header = (["run", "remedy", "test acc %", "train acc %", "SB − LB test (pp)",
                    "gap closed"] + [name.replace("sharpness_", "sharpness ").replace("_eps",
                                                                                      " ε=")
@@ -149,6 +154,10 @@ def findings(group: Sequence[dict], sharp_names: Sequence[str]) -> list[str]:
         return []
     sharp = sharp_names[0] if sharp_names else None
     out = [f"- Plain LB: SB − LB test gap {plain['gap_pp']:+.2f} pp."]
+    if int(plain["trials"]) < 2:
+        out.append("- ONE trial: the gaps below have no error bar, and test accuracy moves by "
+                   "tenths of a point from one seed to the next, so read each verdict as a "
+                   "hint; run --trials=3 or more before trusting a difference that small.")
     if not plain["gap_pp"] or plain["gap_pp"] <= 0:
         out.append("- The plain gap is not positive here, so no remedy has a gap to close; "
                    "the fractions are left empty.")
