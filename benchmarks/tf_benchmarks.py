@@ -59,9 +59,11 @@ CASES = {
 
 
 def _metric_name(bound: gate.Bound) -> str:
-    """E.g. "F1/sharpness_ratio/full/lbfgsb/eps0.001" or "F1/test_accuracy/SB"."""
+    """E.g. "F1/sharpness_ratio/full/lbfgsb/eps0.001" or "F1/test_accuracy/SB" (a random
+    subspace adds its dimension and A's distribution: ".../random/p100/normal/...")."""
     parts = [bound.model, bound.metric, bound.regime, bound.subspace,
-             f"p{bound.subspace_dim}" if bound.subspace_dim else None, bound.solver,
+             f"p{bound.subspace_dim}" if bound.subspace_dim else None,
+             bound.subspace_distribution, bound.solver,
              f"eps{bound.epsilon:g}" if bound.epsilon is not None else None]
     return "/".join(part for part in parts if part)
 

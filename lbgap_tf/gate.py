@@ -23,7 +23,9 @@ Metrics, all per trial (one SB/LB pair), in the units of the tables:
 - ``test_gap``: SB - LB test accuracy in percentage points;
 - ``distance_ratio``: ||x_SB - x0|| / ||x_LB - x0||;
 - ``sharpness`` (needs ``regime``) and ``sharpness_ratio`` (LB / SB), both with ``subspace``
-  ("full" or "random"), ``solver`` and ``epsilon``, optionally ``subspace_dim``.
+  ("full" or "random"), ``solver`` and ``epsilon``, optionally ``subspace_dim`` and, for a
+  random subspace, ``subspace_distribution`` (the distribution of A; default "normal", the
+  presets' Table 4 choice): a bound only ever checks rows of its own distribution.
 
 ``over`` is "each" (default: every trial must lie within [min, max]) or "mean" (the mean over
 trials must). A bound on a network that was not run is skipped and listed; a bound whose
@@ -47,6 +49,7 @@ import math
 import os
 from collections.abc import Iterable
 
+from lbgap_tf.subspaces import DEFAULT_SUBSPACE_DISTRIBUTION, SUBSPACE_DISTRIBUTIONS
 from lbgap_tf.tables import unique_measurements, unique_pairs, write_text_atomic
 
 FORMAT = "lbgap_tf.baseline/1"
@@ -54,10 +57,11 @@ METRICS = ("train_accuracy", "test_accuracy", "test_gap", "distance_ratio", "sha
            "sharpness_ratio")
 _NEEDS_REGIME = ("train_accuracy", "test_accuracy", "sharpness")
 _NEEDS_SPACE = ("sharpness", "sharpness_ratio")
-_BOUND_KEYS = {"model", "dataset", "metric", "regime", "subspace", "subspace_dim", "solver",
-               "epsilon", "min", "max", "over"}
+_BOUND_KEYS = {"model", "dataset", "metric", "regime", "subspace", "subspace_dim",
+               "subspace_distribution", "solver", "epsilon", "min", "max", "over"}
 SETUP_KEYS = ("device_kind", "precision", "tf_version")
 DIVERGED = "diverged"  # train.DIVERGED: the stop reason of a run whose loss became NaN/inf.
+_NO_SPACE = (None, None, None, None, None)  # subspace, dim, distribution, solver, epsilon
 
 
 class GateError(ValueError):
@@ -77,6 +81,7 @@ class Bound:
     regime: str | None = None
     subspace: str | None = None
     subspace_dim: int | None = None
+    subspace_distribution: str | None = None
     solver: str | None = None
     epsilon: float | None = None
 
@@ -85,6 +90,8 @@ class Bound:
         details = [value for value in (self.regime, self.subspace) if value]
         if self.subspace_dim:
             details.append(f"p={self.subspace_dim}")
+        if self.subspace_distribution:
+            details.append(f"A {self.subspace_distribution}")
         if self.solver:
             details.append(self.solver)
         if self.epsilon is not None:
@@ -203,8 +210,9 @@ def measurements(run_rows: Iterable[dict], pair_rows: Iterable[dict],
                  sharpness_rows: Iterable[dict]) -> dict:
     """Per-trial metric values: ``{(model, dataset): {metric_key: {seed: value}}}``.
 
-    ``metric_key`` is ``(metric, regime, subspace, subspace_dim, solver, epsilon)`` with None
-    where a part does not apply. Ratios (``distance_ratio``, ``sharpness_ratio``) with an
+    ``metric_key`` is ``(metric, regime, subspace, subspace_dim, subspace_distribution,
+    solver, epsilon)`` with None where a part does not apply (the distribution of A only
+    applies to a random subspace). Ratios (``distance_ratio``, ``sharpness_ratio``) with an
     operand that is 0 or not finite are ``UndefinedRatio``s. Repeated pair and sharpness rows
     count once (the first of each key), as in ``tables``.
     """
@@ -219,9 +227,9 @@ def measurements(run_rows: Iterable[dict], pair_rows: Iterable[dict],
             regime_of_run[run_id] = (network, seed)
             for split in ("train", "test"):
                 accuracy = 100 * float(runs[run_id][f"{split}_accuracy"])
-                table[(f"{split}_accuracy", regime, None, None, None, None)][seed] = accuracy
-        table[("test_gap", None, None, None, None, None)][seed] = float(pair["test_gap_pp"])
-        table[("distance_ratio", None, None, None, None, None)][seed] = ratio(
+                table[(f"{split}_accuracy", regime, *_NO_SPACE)][seed] = accuracy
+        table[("test_gap", None, *_NO_SPACE)][seed] = float(pair["test_gap_pp"])
+        table[("distance_ratio", None, *_NO_SPACE)][seed] = ratio(
             float(pair["sb_distance"]), float(pair["lb_distance"]), ("SB", "LB"),
             "distance from x0")
     for row in unique_measurements(sharpness_rows):
@@ -229,7 +237,9 @@ def measurements(run_rows: Iterable[dict], pair_rows: Iterable[dict],
             continue
         network, seed = regime_of_run[row["run_id"]]
         dim = int(row["subspace_dim"]) if row["subspace_dim"] else None
-        key = ("sharpness", row["regime"], row["subspace"], dim, row["solver"],
+        distribution = (row.get("subspace_distribution") or None
+                        if row["subspace"] == "random" else None)
+        key = ("sharpness", row["regime"], row["subspace"], dim, distribution, row["solver"],
                float(row["epsilon"]))
         values[network][key][seed] = float(row["sharpness"])
     for table in values.values():
@@ -245,10 +255,12 @@ def measurements(run_rows: Iterable[dict], pair_rows: Iterable[dict],
 def matching_values(bound: Bound, table: dict) -> dict:
     """The per-seed values of ``table`` (one network of ``measurements``) that ``bound``
     bounds; {} when none was measured."""
-    for (metric, regime, subspace, dim, solver, epsilon), per_seed in table.items():
+    for (metric, regime, subspace, dim, distribution, solver, epsilon), per_seed in table.items():
         if metric != bound.metric or regime != bound.regime or subspace != bound.subspace:
             continue
         if bound.subspace_dim is not None and dim != bound.subspace_dim:
+            continue
+        if subspace == "random" and distribution != bound.subspace_distribution:
             continue
         if solver != bound.solver:
             continue
@@ -342,6 +354,13 @@ def _bound_from_json(item, where: str) -> Bound:
             raise GateError(f"{where}: metric {metric} needs 'subspace' 'full' or 'random'")
         if "solver" not in item or "epsilon" not in item:
             raise GateError(f"{where}: metric {metric} needs 'solver' and 'epsilon'")
+    distribution = item.get("subspace_distribution")
+    if distribution is not None and (item.get("subspace") != "random"
+                                     or distribution not in SUBSPACE_DISTRIBUTIONS):
+        raise GateError(f"{where}: subspace_distribution {distribution!r} needs subspace "
+                        f"'random' and one of {', '.join(SUBSPACE_DISTRIBUTIONS)}")
+    if item.get("subspace") == "random" and distribution is None:
+        distribution = DEFAULT_SUBSPACE_DISTRIBUTION
     low, high = item.get("min"), item.get("max")
     for name, value in (("min", low), ("max", high)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
@@ -356,7 +375,8 @@ def _bound_from_json(item, where: str) -> Bound:
     return Bound(model=item["model"], metric=metric, min=low, max=high, over=over,
                  dataset=item.get("dataset"), regime=item.get("regime"),
                  subspace=item.get("subspace"), subspace_dim=item.get("subspace_dim"),
-                 solver=item.get("solver"), epsilon=item.get("epsilon"))
+                 subspace_distribution=distribution, solver=item.get("solver"),
+                 epsilon=item.get("epsilon"))
 
 
 def load_baselines(path: str) -> list[dict]:
@@ -417,7 +437,7 @@ def derive_baseline(run_rows: list[dict], pair_rows: list[dict], sharpness_rows:
         raise GateError("no finished SB/LB pair in these results to derive a baseline from: "
                         "run the gap benchmark first")
     for (model, dataset), metrics in sorted(table.items()):
-        for (metric, regime, subspace, dim, solver, epsilon), per_seed in sorted(
+        for (metric, regime, subspace, dim, distribution, solver, epsilon), per_seed in sorted(
                 metrics.items(), key=lambda item: str(item[0])):
             if not per_seed or metric == "sharpness":
                 continue
@@ -437,6 +457,8 @@ def derive_baseline(run_rows: list[dict], pair_rows: list[dict], sharpness_rows:
                 bound.update(subspace=subspace, solver=solver, epsilon=epsilon)
                 if dim:
                     bound["subspace_dim"] = dim
+                if distribution:
+                    bound["subspace_distribution"] = distribution
             if metric.endswith("accuracy"):
                 bound["min"] = round(worst - accuracy_tolerance, 2)
             elif metric == "test_gap":

@@ -170,13 +170,7 @@ def _diagnostics(sharpness_rows: list[dict]) -> list[str]:
 
 def _findings(outcome) -> list[str]:
     lines = []
-    # gate.measurements keys values by space but not by A's distribution: one call per
-    # distribution ("" for the full space) keeps the trials of different A apart.
-    by_distribution = collections.defaultdict(list)
-    for row in outcome.sharpness_rows:
-        by_distribution[tables.distribution_of(row)].append(row)
-    per_trial = {distribution: gate.measurements(outcome.run_rows, outcome.pair_rows, rows)
-                 for distribution, rows in sorted(by_distribution.items())}
+    per_trial = gate.measurements(outcome.run_rows, outcome.pair_rows, outcome.sharpness_rows)
     for row in outcome.table2:
         model, dataset = row["model"], row["dataset"]
         gap = row["test_gap_mean"]
@@ -197,11 +191,10 @@ def _findings(outcome) -> list[str]:
         else:
             lines.append(f"  Training accuracy {train_cells}: not both ≥ {FIT_ACCURACY:g} %, "
                          "so the test gap may reflect under-training rather than sharpness.")
-        ratios = [(key, distribution, values) for distribution, table in per_trial.items()
-                  for key, values in table.get((model, dataset), {}).items()
+        ratios = [(key, values) for key, values in per_trial.get((model, dataset), {}).items()
                   if key[0] == "sharpness_ratio" and values]
-        for (_, _, subspace, dim, solver, eps), distribution, values in sorted(
-                ratios, key=lambda item: str(item[:2])):
+        for (_, _, subspace, dim, distribution, solver, eps), values in sorted(
+                ratios, key=lambda item: str(item[0])):
             space = "full space" if subspace == "full" else \
                 f"random subspace p={dim}, A {distribution}"
             trials = ", ".join(_ratio_cell(value) for _, value in sorted(values.items()))

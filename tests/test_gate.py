@@ -61,6 +61,42 @@ def test_fails_with_every_violated_bound_listed(tmp_path, rows):
     assert "VIOLATED F1 test_gap in [0.5, 2]" in text
 
 
+def test_random_subspace_bounds_check_only_rows_of_their_distribution(tmp_path, rows):
+    runs, pairs, sharp = rows
+    # The same runs measured in a random subspace under two distributions of A: LB/SB 10
+    # under N(0, 1) and 0.1 under N(0, 1/p) (the two disagree, as they do on real weights).
+    subspace = []
+    for distribution, lb_over_sb in (("normal", 10.0), ("normal_1_over_p", 0.1)):
+        for row in sharp:
+            value = 1.0 * (lb_over_sb if row["regime"] == "LB" else 1.0)
+            subspace.append(dict(row, subspace="random", subspace_dim="100",
+                                 subspace_seed=row["seed"], subspace_distribution=distribution,
+                                 sharpness=str(value)))
+    random = dict(RATIO, subspace="random", subspace_dim=100)
+    normal = _write(tmp_path, [dict(random, min=5)], name="normal.json")
+    default = _write(tmp_path, [dict(random, subspace_distribution="normal", min=5)],
+                     name="default.json")
+    scaled = _write(tmp_path, [dict(random, subspace_distribution="normal_1_over_p", min=5)],
+                    name="scaled.json")
+    results = (runs, pairs, sharp + subspace)
+    # No distribution named: the default, N(0, 1); its rows hold, the others' never enter.
+    assert gate.check(normal, *results, SETUP).passed
+    assert gate.check(default, *results, SETUP).passed
+    report = gate.check(scaled, *results, SETUP)
+    assert not report.passed
+    assert "A normal_1_over_p" in report.describe() and "measured mean 0.1" in report.describe()
+    derived = gate.derive_baseline(*results, SETUP, name="derived")
+    by_distribution = {b.get("subspace_distribution"): b["min"] for b in derived["bounds"]
+                       if b.get("subspace") == "random"}
+    assert by_distribution == {"normal": 5.0, "normal_1_over_p": 0.05}
+    with pytest.raises(gate.GateError, match="subspace_distribution 'cauchy' needs subspace"):
+        gate.check(_write(tmp_path, [dict(random, subspace_distribution="cauchy", min=1)],
+                          name="bad.json"), *results, SETUP)
+    with pytest.raises(gate.GateError, match="needs subspace 'random'"):
+        gate.check(_write(tmp_path, [dict(RATIO, subspace_distribution="normal", min=1)],
+                          name="bad2.json"), *results, SETUP)
+
+
 def test_mean_over_trials(tmp_path, rows):
     # Gaps are +1 and -1 pp: each trial is outside [0, 2] once, the mean (0) is inside.
     each = _write(tmp_path, [{"model": "F1", "metric": "test_gap", "min": 0, "max": 2}])
@@ -198,7 +234,7 @@ def test_a_ratio_with_a_zero_operand_satisfies_no_bound_and_names_it(tmp_path):
         assert "seed 2: undefined, LB distance from x0 is 0 (SB 3)" in text
         assert "measured mean undefined over 3 trial(s)" in text
     table = gate.measurements(*rows)[("F1", "fashion_mnist")]
-    assert table[("distance_ratio", None, None, None, None, None)][0] == 4.0
+    assert table[("distance_ratio", None, None, None, None, None, None)][0] == 4.0
     with pytest.raises(gate.GateError, match="seed 2 is undefined, LB distance from x0 is 0"):
         gate.derive_baseline(*rows, SETUP, name="broken")
 
@@ -223,7 +259,7 @@ def test_repeated_rows_count_once_as_in_the_tables(tmp_path, rows):
         sharp, subspace="full")
     [row] = tables.sharpness_table(doubled[2], subspace="full")
     per_seed = gate.measurements(*doubled)[("F1", "fashion_mnist")][
-        ("sharpness", "LB", "full", None, "lbfgsb", 1e-3)]
+        ("sharpness", "LB", "full", None, None, "lbfgsb", 1e-3)]
     assert row["trials"] == len(per_seed) == 2
     assert row["eps0.001_LB_mean"] == pytest.approx(sum(per_seed.values()) / 2) == 115.0
 

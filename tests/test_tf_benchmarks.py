@@ -49,6 +49,6 @@ def test_smoke_case_reports_metrics_with_baseline_bounds(tmp_path):
     sb_train = [100 * float(r["train_accuracy"]) for r in runs if r["regime"] == "SB"]
     assert metrics["F1/train_accuracy/SB"].value == pytest.approx(sum(sb_train) / len(sb_train))
     table = gate.measurements(runs, pairs, measured)[("F1", "synthetic")]
-    ratio = table[("sharpness_ratio", None, "full", None, "ascent", 1e-3)]
+    ratio = table[("sharpness_ratio", None, "full", None, None, "ascent", 1e-3)]
     assert metrics["F1/sharpness_ratio/full/ascent/eps0.001"].value == pytest.approx(
         sum(ratio.values()) / len(ratio))

@@ -121,7 +121,7 @@ class Comparison:
 # --- science ---------------------------------------------------------------------------------
 
 def _metric_name(key: tuple) -> str | None:
-    metric, regime, subspace, _dim, solver, epsilon = key
+    metric, regime, subspace, _dim, _distribution, solver, epsilon = key
     if metric in ("train_accuracy", "test_accuracy"):
         return f"{metric} {regime}"
     if metric in ("test_gap", "distance_ratio"):
