@@ -75,6 +75,7 @@ def test_rows_match_the_library_a_rerun_resumes_and_the_density_is_derived(train
     assert len(results.read_rows(out_dir / "curvature.csv")) == 4
 
 
+@pytest.mark.slow
 def test_bad_input_is_one_line_and_no_row(trained, tmp_path):
     out_dir, _ = trained
     cases = {

@@ -7,6 +7,8 @@ differences near 1e-6, found by scripts/kill_campaign.py)."""
 import subprocess
 import sys
 
+import pytest
+
 from tests import binaries
 
 _DRIVER = """
@@ -24,6 +26,7 @@ print(states)
 """
 
 
+@pytest.mark.slow
 def test_deterministic_flag_enables_op_determinism_at_parse_time():
     done = subprocess.run([sys.executable, "-c", _DRIVER], cwd=binaries.REPO,
                           env=binaries.environment(), capture_output=True, text=True,

@@ -147,6 +147,7 @@ def test_two_experiments_in_one_folder_keep_their_own_pairs_and_tables(finished,
     assert report.passed and len(report.checked) == 1, report.describe()
 
 
+@pytest.mark.slow
 def test_crash_between_stages_resumes_without_repeating(tmp_path, monkeypatch, caplog):
     output_dir = str(tmp_path)
     config = _config(subspace_dims=(None,), solvers=("lbfgsb",))
@@ -192,6 +193,7 @@ def test_crash_between_stages_resumes_without_repeating(tmp_path, monkeypatch, c
     assert len(set(keys)) == len(keys)
 
 
+@pytest.mark.slow
 def test_lb_trains_from_the_x0_file_and_its_distance_is_measured_from_it(tmp_path,
                                                                         monkeypatch):
     """A crash before LB, then SB's x0.npz perturbed: LB (whose seed draws SB's x0) must start
@@ -242,6 +244,7 @@ def _binary(*args, cwd, env=None):
         timeout=300)
 
 
+@pytest.mark.slow
 def test_binary_writes_a_baseline_passes_it_and_fails_a_tightened_one(tmp_path):
     baseline = tmp_path / "baseline.json"
     first = _binary(f"--write_baseline={baseline}", cwd=tmp_path)

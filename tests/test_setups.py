@@ -168,6 +168,7 @@ def compared(tmp_path_factory):
     return output_dir, outcome, groups, result
 
 
+@pytest.mark.slow
 def test_every_setup_trains_from_the_same_x0_and_gets_its_rows(compared):
     output_dir, outcome, _, _ = compared
     assert [s.status for s in outcome.statuses] == ["ran", "ran", "ran", "skipped"]
@@ -184,6 +185,7 @@ def test_every_setup_trains_from_the_same_x0_and_gets_its_rows(compared):
     assert outcome.work_s > 0 and outcome.wall_time_s >= outcome.work_s
 
 
+@pytest.mark.slow
 def test_mirrored_agrees_and_mixed_sharpness_is_measured_in_float32(compared):
     output_dir, _, groups, result = compared
     by_label = {group.label: group for group in groups}
@@ -205,6 +207,7 @@ def test_mirrored_agrees_and_mixed_sharpness_is_measured_in_float32(compared):
                                "needs 1 GPU(s), this machine has no GPU")]
 
 
+@pytest.mark.slow
 def test_speed_and_time_to_target_follow_the_histories(compared):
     _, _, groups, result = compared
     reference = groups[0]
@@ -233,6 +236,7 @@ def test_speed_and_time_to_target_follow_the_histories(compared):
         model["lb_updates"] * 128 / (2 * lb_one * model["sb_seconds"]))
 
 
+@pytest.mark.slow
 def test_tables_show_speed_science_and_the_skipped_setup(compared):
     output_dir, _, _, result = compared
     text = setups_table.markdown(result)
@@ -245,6 +249,7 @@ def test_tables_show_speed_science_and_the_skipped_setup(compared):
             "native_sharpness"} <= sections
 
 
+@pytest.mark.slow
 def test_each_run_writes_tensorboard_scalars_matching_its_history(compared):
     from tensorboard.backend.event_processing import event_accumulator
 
@@ -286,6 +291,7 @@ def _binary(name, *args):
                           env=env, capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow
 def test_setups_binary_runs_workers_in_processes_and_reports_skips(tmp_path):
     out = tmp_path / "out"
     done = _binary("setups", *TINY, f"--output_dir={out}",
@@ -314,6 +320,7 @@ def test_bad_setups_are_a_line_each_and_write_nothing(tmp_path):
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_compare_merges_two_machines_and_lists_mismatches(compared, tmp_path):
     output_dir, _, _, _ = compared
     machine_a, machine_b = tmp_path / "machine_a", tmp_path / "machine_b"

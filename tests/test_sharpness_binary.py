@@ -62,6 +62,7 @@ def test_rows_match_the_library_and_a_rerun_resumes(trained):
     assert len(results.read_rows(out_dir / "sharpness.csv")) == 2
 
 
+@pytest.mark.slow
 def test_bad_input_is_one_line_and_no_row_with_tensorflow_logging_on(trained, tmp_path):
     """The error contract with every native TensorFlow log line enabled: the error is still
     the last stderr line and the binary's only own line."""

@@ -27,6 +27,7 @@ def _run(*args, timeout=240):
     return binaries.run("benchmarks.train", *args, timeout=timeout)
 
 
+@pytest.mark.slow
 def test_a_run_writes_one_complete_row_and_a_rerun_adds_none(tmp_path):
     out_dir = tmp_path / "out"
     code, out, err = _run(*SMOKE, "--epochs=2", "--strategy=mirrored", "--cpu_devices=2",
