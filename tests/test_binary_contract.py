@@ -98,6 +98,7 @@ HELPSHORT = {
                               "--lb_batch_size", "--epsilons", "--strategy", "--output_dir"],
     "benchmarks.along_training": ["--model", "--dataset", "--sb_snapshots", "--lb_snapshots",
                                   "--epsilons", "--strategy", "--output_dir"],
+    "benchmarks.predictors": ["--results", "--output_dir", "--alpha"],
 }
 
 

@@ -14,6 +14,7 @@ from lbgap_tf import gap, gate, results
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+@pytest.mark.slow
 def test_smoke_case_reports_metrics_with_baseline_bounds(tmp_path):
     from tensorflow.core.util import test_log_pb2
 
