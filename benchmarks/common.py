@@ -60,19 +60,17 @@ from __future__ import annotations
 import json
 import logging as std_logging
 import os
-import sys
 
 import tensorflow as tf
 from absl import app, flags, logging
 
 import benchmarks
 import lbgap_tf
+from benchmarks import contract
+from benchmarks.contract import EXIT_FLAG_ERROR, fail, guard
 from lbgap_tf import data, distribute, gap, models, sharpness, train
 
 FLAGS = flags.FLAGS
-
-EXIT_FLAG_ERROR = 2
-EXIT_RUN_ERROR = 1
 
 
 def _validate(name: str, check, message: str) -> None:
@@ -452,15 +450,6 @@ def nondefault_flags() -> str:
 
 # --- entry point -----------------------------------------------------------------------------
 
-def fail(message: str, status: int) -> None:
-    """Writes the one-line error of the contract (module docstring) and exits with ``status``."""
-    program = os.path.basename(sys.argv[0]) if sys.argv else "benchmark"
-    one_line = " ".join(str(message).split())
-    sys.stderr.write(f"{program}: error: {one_line}\n")
-    sys.stderr.flush()
-    sys.exit(status)
-
-
 SUITE_DIRECTORIES = tuple(os.path.dirname(package.__file__) + os.sep
                           for package in (lbgap_tf, benchmarks))
 
@@ -499,13 +488,7 @@ def parse_flags(argv: list[str]) -> list[str]:
     """Parses ``argv`` into FLAGS; a bad flag is one stderr line and exit status 2. Then
     applies --cpu_devices (before TensorFlow initialises devices), --deterministic (op
     determinism for the whole process), --quiet and the logging policy (module docstring)."""
-    try:
-        remaining = FLAGS(argv)
-    except flags.Error as error:
-        fail(f"{error} (see --helpfull)", EXIT_FLAG_ERROR)
-    if len(remaining) > 1:
-        fail(f"unexpected arguments {remaining[1:]}: pass every setting as --name=value",
-              EXIT_FLAG_ERROR)
+    remaining = contract.parse_flags(argv)
     if "cpu_devices" in FLAGS and FLAGS.cpu_devices is not None:
         try:
             distribute.split_cpu(FLAGS.cpu_devices)
@@ -520,27 +503,6 @@ def parse_flags(argv: list[str]) -> list[str]:
         logging.set_verbosity(logging.WARNING)
     _route_python_logs(show_library_info=logging.level_debug())
     return remaining
-
-
-def guard(main):
-    """``main`` with a library ``ValueError`` or a file system error (``OSError``: a folder
-    that cannot be created or written, a full disk) turned into one stderr line and exit
-    status 1 (with ``--verbosity=1`` the error propagates with its traceback)."""
-
-    def guarded(argv):
-        try:
-            return main(argv)
-        except ValueError as error:
-            if logging.level_debug():
-                raise
-            fail(error, EXIT_RUN_ERROR)
-        except OSError as error:
-            if logging.level_debug():
-                raise
-            fail(f"cannot read or write a file ({error}): check the paths given, their "
-                 "permissions and the free space of --output_dir", EXIT_RUN_ERROR)
-
-    return guarded
 
 
 def run(main) -> None:

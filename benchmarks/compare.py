@@ -21,7 +21,7 @@ import time
 
 from absl import flags
 
-from benchmarks import csv_only
+from benchmarks import contract
 from lbgap_tf.reporting import comparison, resultsets, setups_table
 
 FLAGS = flags.FLAGS
@@ -98,4 +98,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    csv_only.run(main)
+    contract.run(main)

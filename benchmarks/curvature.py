@@ -97,14 +97,13 @@ def _check(runs: list[run_selection.Run], config: curvature.CurvatureConfig) -> 
             config.check_against(num_weights)
         except curvature.CurvatureError as error:
             raise ValueError(f"run {run.run_id}: {error}") from None
-        run_selection.evaluation_settings(run.run_id, run.config.eval_batch_size,
-                                          int(run.row["num_train"]))
+        run_selection.evaluation_settings(run, int(run.row["num_train"]))
 
 
 def _measure(run, split, strategy, config, finished: set, context: dict) -> int:
     """Measures what is missing for one run; returns the number of rows written."""
     examples, batch, subset_seed = run_selection.evaluation_settings(
-        run.run_id, run.config.eval_batch_size, split.info.num_examples)
+        run, split.info.num_examples)
     missing = [m for m in config.measures if curvature_rows.measurement_key(
         run.run_id, m, config.settings(m), eval_examples=examples, eval_batch_size=batch,
         subset_seed=subset_seed) not in finished]

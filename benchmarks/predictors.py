@@ -21,7 +21,7 @@ import os
 
 from absl import flags
 
-from benchmarks import csv_only
+from benchmarks import contract
 from lbgap_tf import tables
 from lbgap_tf.reporting import predictors
 
@@ -72,4 +72,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    csv_only.run(main)
+    contract.run(main)

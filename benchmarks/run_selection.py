@@ -50,15 +50,15 @@ def define_flags(*, receives: str, seed_help: str) -> None:
     flags.register_validator("output_dir", bool, message="--output_dir must not be empty")
 
 
-def evaluation_settings(run_id: str, run_eval_batch_size: int, num_train: int
-                        ) -> tuple[int, int, int | None]:
+def evaluation_settings(run: "Run", num_train: int) -> tuple[int, int, int | None]:
     """(evaluation examples, GLOBAL evaluation batch, subset seed or None for the whole
-    training set) of a run under --eval_examples, --eval_batch_size and --seed, checked."""
+    training set) of a run of ``num_train`` training examples under --eval_examples,
+    --eval_batch_size and --seed, checked."""
     examples = FLAGS.eval_examples or num_train
     if examples > num_train:
         raise ValueError(f"--eval_examples={examples} exceeds the {num_train} training examples "
-                         f"of run {run_id}: pass at most {num_train}")
-    batch = min(FLAGS.eval_batch_size or run_eval_batch_size, examples)
+                         f"of run {run.run_id}: pass at most {num_train}")
+    batch = min(FLAGS.eval_batch_size or run.config.eval_batch_size, examples)
     return examples, batch, sharpness_rows.subset_seed(examples, num_train, FLAGS.seed)
 
 

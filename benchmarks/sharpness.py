@@ -98,15 +98,14 @@ def _check(runs: list[run_selection.Run]) -> None:
                 raise ValueError(f"--subspace_dims has {dim}, more than the {num_weights} "
                                  f"trainable weights of run {run.run_id}: pass at most "
                                  f"{num_weights}")
-        run_selection.evaluation_settings(run.run_id, run.config.eval_batch_size,
-                                          int(run.row["num_train"]))
+        run_selection.evaluation_settings(run, int(run.row["num_train"]))
 
 
 def _measure(run: run_selection.Run, split: data.SplitData, strategy, finished: set,
              context: dict) -> int:
     """Measures what is missing for one run; returns the number of rows written."""
     examples, batch, eval_seed = run_selection.evaluation_settings(
-        run.run_id, run.config.eval_batch_size, split.info.num_examples)
+        run, split.info.num_examples)
     epsilons = [float(e) for e in dict.fromkeys(FLAGS.epsilons)]
     problem, written = None, 0
     for dim, distribution in _spaces():

@@ -31,10 +31,10 @@ def _run(index: int, *, accuracy: float, regime: str = "SB", stop_reason: str = 
 
 
 def _sharpness(run_id: str, value: float, *, solver: str = "lbfgsb", subspace_seed: int = 0,
-               eval_seed: int = 0) -> dict:
+               eval_seed: int = 0, eval_examples: int = 10000) -> dict:
     return {"run_id": run_id, "subspace": "random", "subspace_dim": 100,
             "subspace_seed": subspace_seed, "subspace_distribution": "normal",
-            "epsilon": 1e-3, "solver": solver, "max_iter": 10, "eval_examples": 10000,
+            "epsilon": 1e-3, "solver": solver, "max_iter": 10, "eval_examples": eval_examples,
             "eval_seed": eval_seed, "eval_batch_size": 5000, "bn_mode": "batch",
             "sharpness": value}
 
@@ -143,6 +143,21 @@ def test_seeds_of_trials_pool_into_one_measure_and_repeats_average():
     long_rows = predictors.run_rows(groups, measures)
     assert {(r["run_id"], r["measure"], r["n_values"]) for r in long_rows} >= {
         ("r1", lbfgsb.label, 2), ("r0", trace.label, 1)}
+
+
+def test_measures_that_differ_only_in_their_evaluation_data_keep_apart():
+    runs = _stringify(_run(i, accuracy=a) for i, a in enumerate(ACCURACIES[:3]))
+    sharp = _stringify([_sharpness(f"r{i}", v) for i, v in enumerate(SHARP[:3])]
+                       + [_sharpness(f"r{i}", -v, eval_examples=2000)
+                          for i, v in enumerate(SHARP[:3])])
+    groups, measures, _ = predictors.collect(runs, sharp, [])
+    assert [m.label.rsplit("[", 1)[1] for m in measures] == ["10000/5000/batch]",
+                                                              "2000/5000/batch]"]
+    (runs_measured,) = groups.values()
+    assert [run.value(measures[1]) for run in runs_measured] == [-1.0, -2.0, -3.0]
+    taus = {c.measure: c.tau for c in predictors.correlations(groups, measures, 0.05)
+            if c.target == "test_error"}
+    assert sorted(taus.values()) == [pytest.approx(-1.0), pytest.approx(1.0)]
 
 
 def test_networks_are_separate_populations():

@@ -28,6 +28,7 @@ Nothing here imports TensorFlow.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
 import math
@@ -134,20 +135,18 @@ def _curvature_measure(row: Mapping[str, str]) -> Measure:
 
 
 def _unique_labels(measures: Iterable[Measure]) -> list[Measure]:
-    """Measures in first-seen order, labels made distinct by the evaluation data when two
-    measures differ only there."""
+    """Measures in first-seen order; a label that two measures share gets the evaluation
+    data (examples/batch/BN mode) appended, and when that does not tell them apart either,
+    every setting of the measure's key."""
     ordered = list(dict.fromkeys(measures))
-    counts: dict[str, int] = {}
-    for measure in ordered:
-        counts[measure.label] = counts.get(measure.label, 0) + 1
-    renamed = {}
-    for measure in ordered:
-        if counts[measure.label] > 1:
-            detail = "/".join(str(part) for part in measure.key[-3:])
-            renamed[measure] = Measure(f"{measure.label} [{detail}]", measure.key)
-        else:
-            renamed[measure] = measure
-    return [renamed[m] for m in ordered]
+
+    def relabel(measures: list[Measure], detail) -> list[Measure]:
+        counts = collections.Counter(m.label for m in measures)
+        return [Measure(f"{m.label} [{detail(m)}]", m.key) if counts[m.label] > 1 else m
+                for m in measures]
+
+    labelled = relabel(ordered, lambda m: "/".join(str(part) for part in m.key[-3:]))
+    return relabel(labelled, lambda m: "/".join(str(part) for part in m.key[1:]))
 
 
 def collect(runs: Sequence[Mapping[str, str]], sharpness: Sequence[Mapping[str, str]],
@@ -170,7 +169,8 @@ def collect(runs: Sequence[Mapping[str, str]], sharpness: Sequence[Mapping[str, 
         by_id[row["run_id"]] = RunMeasures(dict(row))
     raw = [(_sharpness_measure(r), r, r["sharpness"]) for r in sharpness]
     raw += [(_curvature_measure(r), r, r["value"]) for r in curvature]
-    names = {m: m for m in _unique_labels(m for m, _, _ in raw)}
+    ordered = list(dict.fromkeys(m for m, _, _ in raw))
+    names = dict(zip(ordered, _unique_labels(ordered), strict=True))  # as found -> labelled
     skipped: dict[str, int] = {}
     for measure, row, text in raw:
         run, value = by_id.get(row["run_id"]), _float(text)
@@ -190,8 +190,8 @@ def collect(runs: Sequence[Mapping[str, str]], sharpness: Sequence[Mapping[str, 
 def kendall(group: str, measure: Measure, target: str, runs: Sequence[RunMeasures],
             alpha: float) -> Correlation:
     """Kendall's tau-b of ``measure`` with ``target`` over the runs that have the measure."""
-    pairs = [(run.value(measure), run.target(target)) for run in runs
-             if run.value(measure) is not None]
+    values = [(run.value(measure), run) for run in runs]
+    pairs = [(value, run.target(target)) for value, run in values if value is not None]
     n = len(pairs)
 
     def undefined(reason: str) -> Correlation:
